@@ -1,0 +1,153 @@
+"""The ``mxscan`` command line.
+
+Only data goes to standard output: one JSON object per line. Logs, progress and the
+summary go to standard error. Exit status: 0 when the sweep completed, whatever the
+domains' states; 2 for a usage or configuration error; 1 for anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import uvloop
+
+from . import __version__
+from .config import Settings, SweepConfig, load_config, with_overrides
+from .errors import ConfigError
+from .inputs import iter_entries
+from .output import LineWriter, Summary
+from .sweep import Sweep
+
+log = logging.getLogger("scanner")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def _add_scan_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("settings (override the configuration file)")
+    group.add_argument("--resolver", action="append", metavar="IP[:PORT]", help="DNS resolver to use; repeat for several (default: the system resolver)")
+    group.add_argument("--concurrency", type=int, metavar="N", help="domains in flight at once (default 200)")
+    group.add_argument("--max-connections", type=int, metavar="N", help="SMTP connections open at once (default: same as --concurrency)")
+    group.add_argument("--port", type=int, metavar="PORT", help="TCP port of the mail hosts (default 25)")
+    group.add_argument("--ehlo-name", metavar="NAME", help="this scanner's host name, sent in EHLO and HELO (default: the machine's host name)")
+    group.add_argument("--ipv6", action="store_true", default=None, help="probe IPv6 addresses too")
+    group.add_argument("--connect-timeout", type=float, metavar="SECONDS", help="seconds to open a connection (default 10)")
+    group.add_argument("--banner-timeout", type=float, metavar="SECONDS", help="seconds to receive the 220 banner (default 30)")
+    group.add_argument("--reply-timeout", type=float, metavar="SECONDS", help="seconds to receive the reply to one command (default 30)")
+    group.add_argument("--host-deadline", type=float, metavar="SECONDS", help="seconds for the whole session with one address (default 90)")
+    group.add_argument("--dns-timeout", type=float, metavar="SECONDS", help="seconds to wait for one DNS answer (default 5)")
+    group.add_argument("--dns-retries", type=int, metavar="N", help="extra DNS tries after a timeout (default 2)")
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    return {
+        "resolvers": args.resolver,
+        "concurrency": args.concurrency,
+        "max_connections": args.max_connections,
+        "smtp.port": args.port,
+        "smtp.ehlo_name": args.ehlo_name,
+        "smtp.ipv6": args.ipv6,
+        "timeouts.connect": args.connect_timeout,
+        "timeouts.banner": args.banner_timeout,
+        "timeouts.reply": args.reply_timeout,
+        "timeouts.host": args.host_deadline,
+        "dns.timeout": args.dns_timeout,
+        "dns.retries": args.dns_retries,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mxscan", description="Sweep mail domains: resolve MX records and probe each mail host with a bounded SMTP handshake.")
+    parser.add_argument("--version", action="version", version=f"mxscan {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output on stderr (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no log output or summary on stderr, only errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    scan = commands.add_parser("scan", help="sweep the domains of a YAML configuration file", description="Sweep the domains listed in CONFIG and write one JSON line per domain.")
+    scan.add_argument("config", type=Path, metavar="CONFIG.yaml", help="configuration file with 'domains' and/or 'domains_file' and settings")
+    scan.add_argument("-o", "--output", type=Path, metavar="OUT.jsonl", help="write the JSON lines to this file instead of standard output")
+    _add_scan_options(scan)
+
+    demo = commands.add_parser("demo", help="start the built-in lab on loopback and sweep the demo domains", description="Start a simulated mail internet on loopback (a DNS authority and SMTP servers with scripted behaviours), sweep configs/demo.yaml against it, and print the JSON lines. Needs no network.")
+    demo.add_argument("-o", "--output", type=Path, metavar="OUT.jsonl", help="write the JSON lines to this file instead of standard output")
+    return parser
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("mxscan: %(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+async def run_sweep(config: SweepConfig, settings: Settings, output: Path | None) -> Summary:
+    """Sweep ``config``'s domains with ``settings``, writing lines to ``output`` or stdout."""
+    with contextlib.ExitStack() as stack:
+        if output is None:
+            stream = sys.stdout.buffer
+        else:
+            try:
+                stream = stack.enter_context(output.open("wb"))
+            except OSError as exc:
+                raise ConfigError(f"cannot open output file {output}: {exc.strerror}") from None
+        sweep = Sweep(settings)
+        try:
+            return await sweep.run(iter_entries(config.domains, config.domains_file), LineWriter(stream))
+        finally:
+            await sweep.close()
+
+
+def _command_scan(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    settings = with_overrides(config.settings, _overrides(args))
+    summary = uvloop.run(run_sweep(config, settings, args.output))
+    if not args.quiet:
+        print(summary.render(), file=sys.stderr)
+    return EXIT_OK
+
+
+def _command_demo(args: argparse.Namespace) -> int:
+    from .lab.demo import run_demo
+
+    summary = uvloop.run(run_demo(args.output))
+    if not args.quiet:
+        print(summary.render(), file=sys.stderr)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    # A closed pipe (mxscan ... | head) ends the process quietly, as for other Unix filters.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose, args.quiet)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+
+    handlers = {"scan": _command_scan, "demo": _command_demo}
+    try:
+        return handlers[args.command](args)
+    except ConfigError as exc:
+        print(f"mxscan: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("mxscan: interrupted", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception:
+        log.exception("mxscan stopped by an unexpected error")
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

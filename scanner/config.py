@@ -1,0 +1,253 @@
+"""Sweep configuration: read once from YAML and the command line, validated, then frozen.
+
+No other module reads YAML or the environment; the rest of mxscan takes a ``Settings``.
+Every setting below has a default, a unit and a range; ``docs/configuration.md`` and
+``configs/example.yaml`` list them. Errors name the setting's path in the YAML (for
+example ``timeouts.connect``) and say what would be valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import socket
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+DEFAULT_PORT = 25
+
+
+@dataclasses.dataclass(frozen=True)
+class DnsSettings:
+    timeout: float = dataclasses.field(default=5.0, metadata={"min": 0.1, "max": 120, "help": "seconds to wait for one DNS answer"})
+    retries: int = dataclasses.field(default=2, metadata={"min": 0, "max": 10, "help": "extra tries per server after a timeout"})
+    concurrency: int = dataclasses.field(default=500, metadata={"min": 1, "max": 100_000, "help": "DNS queries in flight at once"})
+
+
+@dataclasses.dataclass(frozen=True)
+class SmtpSettings:
+    port: int = dataclasses.field(default=DEFAULT_PORT, metadata={"min": 1, "max": 65535, "help": "TCP port of every mail host"})
+    ehlo_name: str = dataclasses.field(
+        default="", metadata={"help": "the scanner's own host name, sent in EHLO and HELO; default: this machine's host name"}
+    )
+    ipv6: bool = dataclasses.field(default=False, metadata={"help": "probe IPv6 addresses too"})
+    source_address: str = dataclasses.field(default="", metadata={"help": "local address to connect from; default: any"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Timeouts:
+    connect: float = dataclasses.field(default=10.0, metadata={"min": 0.01, "max": 600, "help": "seconds to open the TCP connection"})
+    banner: float = dataclasses.field(default=30.0, metadata={"min": 0.01, "max": 600, "help": "seconds to receive the whole 220 banner"})
+    reply: float = dataclasses.field(default=30.0, metadata={"min": 0.01, "max": 600, "help": "seconds to receive the whole reply to one command"})
+    quit: float = dataclasses.field(default=2.0, metadata={"min": 0.01, "max": 60, "help": "seconds to wait for the reply to QUIT"})
+    host: float = dataclasses.field(default=90.0, metadata={"min": 0.1, "max": 3600, "help": "seconds for the whole session with one address"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    max_line_bytes: int = dataclasses.field(default=8192, metadata={"min": 64, "max": 1 << 20, "help": "longest reply line accepted"})
+    max_reply_bytes: int = dataclasses.field(default=65536, metadata={"min": 512, "max": 16 << 20, "help": "largest whole reply accepted"})
+    max_exchanges: int = dataclasses.field(default=10, metadata={"min": 1, "max": 1000, "help": "MX records taken per domain, in preference order"})
+    max_addresses: int = dataclasses.field(default=4, metadata={"min": 1, "max": 100, "help": "addresses taken per exchange and family"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    resolvers: tuple[str, ...] = dataclasses.field(
+        default=(), metadata={"help": "DNS resolvers as IP or IP:PORT; default: the system resolver"}
+    )
+    concurrency: int = dataclasses.field(default=200, metadata={"min": 1, "max": 100_000, "help": "domains in flight at once"})
+    max_connections: int = dataclasses.field(default=0, metadata={"min": 0, "max": 100_000, "help": "SMTP connections open at once; 0 means the same as concurrency"})
+    dns: DnsSettings = dataclasses.field(default_factory=DnsSettings)
+    smtp: SmtpSettings = dataclasses.field(default_factory=SmtpSettings)
+    timeouts: Timeouts = dataclasses.field(default_factory=Timeouts)
+    limits: Limits = dataclasses.field(default_factory=Limits)
+
+    @property
+    def connection_limit(self) -> int:
+        return self.max_connections or self.concurrency
+
+    @property
+    def ehlo_name(self) -> str:
+        # gethostname() reads the kernel's host name and sends no DNS query, unlike
+        # socket.getfqdn(), which would ask the system resolver.
+        return self.smtp.ehlo_name or socket.gethostname()
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """A validated configuration file: where the domains come from and the settings."""
+
+    path: Path | None
+    domains: tuple[Any, ...]
+    domains_file: Path | None
+    settings: Settings
+
+
+_TOP_LEVEL_INPUT_KEYS = ("domains", "domains_file")
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    return "valid keys: " + ", ".join(sorted(valid))
+
+
+def _coerce(path: str, value: Any, field: dataclasses.Field) -> Any:
+    kind = field.type if not isinstance(field.type, str) else field.type
+    meta = field.metadata
+    if kind in ("float", float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        value = float(value)
+    elif kind in ("int", int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected a whole number, got {value!r}")
+    elif kind in ("bool", bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+    elif kind in ("str", str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"{path}: {value!r} is below the minimum {meta['min']}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"{path}: {value!r} is above the maximum {meta['max']}")
+    return value
+
+
+def _build(cls, data: Any, prefix: str):
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'configuration'}: expected a mapping of settings, got {type(data).__name__}")
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            raise ConfigError(f"unknown setting '{path}': {_suggest(str(key), list(fields))}")
+        field = fields[key]
+        section_type = field.default_factory
+        if section_type is not dataclasses.MISSING and dataclasses.is_dataclass(section_type):
+            values[key] = _build(section_type, value, path)
+        elif key == "resolvers":
+            values[key] = parse_resolvers(value, path)
+        else:
+            values[key] = _coerce(path, value, field)
+    return cls(**values)
+
+
+def parse_resolver(text: str, path: str = "resolver") -> str:
+    """Check one resolver given as IP or IP:PORT (IPv6 with a port as [IP]:PORT)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(f"{path}: expected an IP address or IP:PORT, got {text!r}")
+    text = text.strip()
+    host, port = text, None
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else None
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"{path}: {text!r} is not an IP address; give the resolver as IP or IP:PORT, for example 127.0.0.53:5353") from None
+    if port is not None and (not port.isdigit() or not 1 <= int(port) <= 65535):
+        raise ConfigError(f"{path}: port in {text!r} must be a number from 1 to 65535")
+    return text
+
+
+def parse_resolvers(value: Any, path: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise ConfigError(f"{path}: expected a list of IP or IP:PORT strings, got {value!r}")
+    return tuple(parse_resolver(item, f"{path}[{index}]") for index, item in enumerate(value))
+
+
+def settings_from_dict(data: dict[str, Any]) -> Settings:
+    """Build ``Settings`` from the settings keys of a configuration mapping."""
+    return _build(Settings, {key: value for key, value in data.items() if key not in _TOP_LEVEL_INPUT_KEYS}, "")
+
+
+def load_config(path: Path) -> SweepConfig:
+    """Read and validate a sweep configuration file; raise ``ConfigError`` with the fix."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc}") from None
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise ConfigError(f"{path}: YAML syntax error at {where}: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: YAML error: {exc}") from None
+    return config_from_dict(data, path)
+
+
+def config_from_dict(data: Any, path: Path | None = None) -> SweepConfig:
+    where = str(path) if path else "configuration"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping with 'domains' or 'domains_file' at the top, got {type(data).__name__}")
+
+    domains = data.get("domains", [])
+    if domains is None:
+        domains = []
+    if not isinstance(domains, list):
+        raise ConfigError(f"{where}: 'domains' must be a list of names or of mappings with 'domain' and 'tags'")
+
+    domains_file = data.get("domains_file")
+    if domains_file is not None:
+        if not isinstance(domains_file, str) or not domains_file.strip():
+            raise ConfigError(f"{where}: 'domains_file' must be a path to a file with one domain per line")
+        base = path.parent if path else Path.cwd()
+        domains_file = (base / domains_file).resolve()
+        if not domains_file.is_file():
+            raise ConfigError(f"{where}: domains_file {domains_file} not found (relative paths start at the YAML file's folder)")
+
+    if not domains and domains_file is None and "domains" not in data:
+        raise ConfigError(f"{where}: no domains: add a 'domains' list or a 'domains_file' path")
+
+    settings = settings_from_dict(data)
+    return SweepConfig(path=path, domains=tuple(domains), domains_file=domains_file, settings=settings)
+
+
+def with_overrides(settings: Settings, overrides: dict[str, Any]) -> Settings:
+    """Apply command-line values, given as {"timeouts.connect": 5.0, ...}, with the same checks as YAML."""
+    nested: dict[str, Any] = {}
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        head, _, tail = dotted.partition(".")
+        if tail:
+            nested.setdefault(head, {})[tail] = value
+        else:
+            nested[head] = value
+
+    changes: dict[str, Any] = {}
+    for key, value in nested.items():
+        if isinstance(value, dict):
+            current = getattr(settings, key)
+            section = {field.name: getattr(current, field.name) for field in dataclasses.fields(current)}
+            section.update(value)
+            changes[key] = _build(type(current), section, key)
+        elif key == "resolvers":
+            changes[key] = parse_resolvers(list(value), "--resolver")
+        else:
+            field = {f.name: f for f in dataclasses.fields(settings)}[key]
+            changes[key] = _coerce(f"--{key.replace('_', '-')}", value, field)
+    return dataclasses.replace(settings, **changes)

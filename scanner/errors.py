@@ -1,0 +1,106 @@
+"""Errors raised inside mxscan, and the one table that turns errors into reasons.
+
+The tree::
+
+    Exception
+     +-- ConfigError              bad configuration or command line (exit status 2)
+     +-- scanner.smtp.reply.ReplyError      bytes that are not an SMTP reply
+     |    +-- NotSmtp                         no three-digit code (HTTP, SSH, garbage)
+     |    +-- MalformedReply                  codes that disagree or are out of range
+     |    +-- ReplyTooLong                    a line or reply over its cap
+     +-- ProbeError               a probe step that did not get a reply
+          +-- PhaseTimeout        a phase ran past its own deadline (.phase)
+          +-- HostDeadline        the whole session ran past the host's deadline
+          +-- ConnectionClosed    the server closed the connection (EOF)
+
+Operating-system errors (``ConnectionRefusedError``, ``ConnectionResetError``,
+``OSError`` with ENETUNREACH, ...) and aiosmtplib's errors are not wrapped: the
+probe lets them rise and ``failure_from_exception`` maps them, at the boundary, to a
+``Failure`` with a reason from the closed set. Anything the table does not know
+becomes ``scanner_error``, so a bug on one address is recorded and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from aiosmtplib.errors import SMTPServerDisconnected
+
+from .results import Failure, Phase, Reason
+from .smtp.reply import MalformedReply, NotSmtp, ReplyError, ReplyTooLong
+
+
+class ConfigError(Exception):
+    """Invalid configuration, domain file or command-line value; the message says which and how to fix it."""
+
+
+class ProbeError(Exception):
+    """A probe step ended without a usable reply."""
+
+
+class PhaseTimeout(ProbeError):
+    def __init__(self, phase: Phase, seconds: float) -> None:
+        super().__init__(f"no complete reply within {seconds:g} s")
+        self.phase = phase
+        self.seconds = seconds
+
+
+class HostDeadline(ProbeError):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"session with the host exceeded its {seconds:g} s deadline")
+        self.seconds = seconds
+
+
+class ConnectionClosed(ProbeError):
+    """The server closed the connection before a complete reply."""
+
+
+_UNREACHABLE_ERRNOS = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT}
+
+
+def _timeout_reason(phase: Phase) -> Reason:
+    if phase is Phase.CONNECT:
+        return Reason.CONNECT_TIMEOUT
+    if phase is Phase.BANNER:
+        return Reason.BANNER_TIMEOUT
+    return Reason.REPLY_TIMEOUT
+
+
+def reason_for_exception(exc: BaseException, phase: Phase) -> Reason:
+    """Map an exception raised during ``phase`` to a reason; the single such table."""
+    if isinstance(exc, HostDeadline):
+        return Reason.HOST_DEADLINE
+    if isinstance(exc, PhaseTimeout):
+        return _timeout_reason(exc.phase)
+    if isinstance(exc, ReplyTooLong):
+        return Reason.REPLY_TOO_LONG
+    if isinstance(exc, NotSmtp):
+        return Reason.NOT_SMTP
+    if isinstance(exc, MalformedReply):
+        return Reason.MALFORMED_REPLY
+    if isinstance(exc, ConnectionRefusedError):
+        return Reason.CONNECTION_REFUSED
+    if isinstance(exc, ConnectionResetError):
+        return Reason.CONNECTION_RESET
+    if isinstance(exc, (ConnectionClosed, SMTPServerDisconnected, BrokenPipeError, ConnectionAbortedError)):
+        return Reason.CONNECTION_CLOSED
+    if isinstance(exc, TimeoutError):
+        return _timeout_reason(phase)
+    if isinstance(exc, OSError) and exc.errno in _UNREACHABLE_ERRNOS:
+        return Reason.NETWORK_UNREACHABLE
+    if isinstance(exc, OSError) and exc.errno == errno.ECONNREFUSED:
+        return Reason.CONNECTION_REFUSED
+    if isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT:
+        return _timeout_reason(phase)
+    return Reason.SCANNER_ERROR
+
+
+def failure_from_exception(exc: BaseException, phase: Phase) -> Failure:
+    reason = reason_for_exception(exc, phase)
+    if reason is Reason.SCANNER_ERROR:
+        message = f"bug in mxscan: {type(exc).__name__}: {exc}"
+    elif isinstance(exc, ReplyError) and exc.data:
+        message = f"{exc}: {exc.data[:80]!r}"
+    else:
+        message = str(exc) or type(exc).__name__
+    return Failure(phase=phase, reason=reason, message=message)

@@ -1,0 +1,150 @@
+"""Input: the domain entries of a sweep, read lazily, and domain name normalisation.
+
+Entries come from the YAML ``domains`` list (a name, or a mapping with ``domain`` and
+optional ``tags``) and then from ``domains_file`` (one name per line, ``#`` starts a
+comment). Names are normalised the way a resolver would see them: surrounding space
+and one trailing dot removed, lower case, and internationalised names converted to
+A-labels (IDNA 2008 with the UTS 46 mapping). An entry that is not a valid domain name
+still becomes an ``Entry``, with the reason, so that it gets its own output line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import idna
+
+from .results import Reason
+
+log = logging.getLogger(__name__)
+
+# RFC 1035 section 2.3.4: 255 octets on the wire, which is 253 characters in text form
+# without the trailing dot; 63 octets per label.
+MAX_NAME_LENGTH = 253
+MAX_LABEL_LENGTH = 63
+
+# Letters, digits and hyphens (RFC 1123 section 2.1), not starting or ending with a
+# hyphen. Underscore is refused: no mail domain needs one, and it is the classic typo
+# for a hyphen.
+_LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+# One input line is read at a time, so this only bounds a pathological file with no newlines.
+MAX_INPUT_LINE = 4096
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Entry:
+    """One input domain: the name as given, the name to look up, tags, and why it is invalid."""
+
+    given: str
+    name: str | None
+    tags: tuple[str, ...] = ()
+    invalid: Reason | None = None
+    problem: str | None = None
+    source: str = ""
+
+
+class InvalidName(ValueError):
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def normalise_name(given: str) -> str:
+    """Return the A-label form of ``given`` to look up, or raise ``InvalidName``."""
+    name = given.strip()
+    if name.endswith("."):
+        name = name[:-1]
+    if not name:
+        raise InvalidName(Reason.EMPTY_NAME, "the domain name is empty")
+
+    literal = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+    try:
+        ipaddress.ip_address(literal)
+    except ValueError:
+        pass
+    else:
+        raise InvalidName(Reason.IP_ADDRESS_GIVEN, f"{given!r} is an IP address, not a domain name")
+
+    if name.isascii():
+        name = name.lower()
+    else:
+        try:
+            name = idna.encode(name, uts46=True, transitional=False).decode("ascii")
+        except idna.IDNAError as exc:
+            raise InvalidName(Reason.INVALID_IDN, f"{given!r} is not a valid internationalised name: {exc}") from None
+
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidName(Reason.NAME_TOO_LONG, f"name is {len(name)} characters long, the maximum is {MAX_NAME_LENGTH}")
+    labels = name.split(".")
+    for label in labels:
+        if not label:
+            raise InvalidName(Reason.INVALID_LABEL, f"{given!r} has an empty label (two dots in a row)")
+        if len(label) > MAX_LABEL_LENGTH:
+            raise InvalidName(Reason.INVALID_LABEL, f"label {label[:20]!r}... is {len(label)} characters long, the maximum is {MAX_LABEL_LENGTH}")
+        if not _LABEL_RE.match(label):
+            raise InvalidName(Reason.INVALID_LABEL, f"label {label!r} may contain only letters, digits and inner hyphens")
+    if len(labels) < 2:
+        raise InvalidName(Reason.INVALID_LABEL, f"{given!r} has a single label; give a full domain such as example.test")
+    if labels[-1].isdigit():
+        raise InvalidName(Reason.INVALID_LABEL, f"top-level label {labels[-1]!r} is all digits")
+    return name
+
+
+def make_entry(given: str, tags: tuple[str, ...] = (), source: str = "") -> Entry:
+    try:
+        name = normalise_name(given)
+    except InvalidName as exc:
+        return Entry(given=given, name=None, tags=tags, invalid=exc.reason, problem=str(exc), source=source)
+    return Entry(given=given, name=name, tags=tags, source=source)
+
+
+def _entry_from_yaml(item: Any, index: int) -> Entry:
+    source = f"domains[{index}]"
+    if isinstance(item, str):
+        return make_entry(item, source=source)
+    if isinstance(item, dict):
+        unknown = set(item) - {"domain", "tags"}
+        given = item.get("domain")
+        tags = item.get("tags") or ()
+        if isinstance(tags, str):
+            tags = (tags,)
+        if not isinstance(given, str) or unknown or not isinstance(tags, (list, tuple)):
+            problem = (
+                f"{source}: expected a name or a mapping with 'domain' (a string) and optional 'tags' (a list); "
+                f"got {item!r}"
+            )
+            return Entry(given=repr(item)[:200], name=None, invalid=Reason.INVALID_LABEL, problem=problem, source=source)
+        return make_entry(given, tuple(str(tag) for tag in tags), source=source)
+    problem = f"{source}: expected a domain name, got {type(item).__name__} {item!r}"
+    return Entry(given=repr(item)[:200], name=None, invalid=Reason.INVALID_LABEL, problem=problem, source=source)
+
+
+def read_domains_file(path: Path) -> Iterator[Entry]:
+    """Yield one entry per non-blank, non-comment line of ``path``, without reading it whole."""
+    with path.open("r", encoding="utf-8", errors="backslashreplace", newline=None) as handle:
+        for number, line in enumerate(handle, start=1):
+            text = line.split("#", 1)[0].strip()
+            if not text:
+                continue
+            source = f"{path.name}:{number}"
+            if len(text) > MAX_INPUT_LINE:
+                yield Entry(given=text[:200], name=None, invalid=Reason.NAME_TOO_LONG, problem=f"{source}: line too long", source=source)
+                continue
+            entry = make_entry(text, source=source)
+            if entry.invalid:
+                log.warning("%s: invalid domain %r: %s", source, text, entry.problem)
+            yield entry
+
+
+def iter_entries(domains: tuple[Any, ...], domains_file: Path | None) -> Iterator[Entry]:
+    for index, item in enumerate(domains):
+        yield _entry_from_yaml(item, index)
+    if domains_file is not None:
+        yield from read_domains_file(domains_file)

@@ -1,0 +1,69 @@
+"""Output: JSON lines, written whole by a single owner, and the end-of-sweep summary.
+
+Each record is encoded with ``ensure_ascii``, so every line is plain ASCII: server text
+with control characters, escape sequences or bytes that were not UTF-8 reaches the
+terminal only as JSON escapes, never raw.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import time
+from typing import BinaryIO
+
+from .results import DomainResult, to_json_dict
+
+
+def encode_line(result: DomainResult) -> bytes:
+    return (json.dumps(to_json_dict(result), ensure_ascii=True, separators=(",", ":")) + "\n").encode("ascii")
+
+
+class LineWriter:
+    """Writes one whole line per record and flushes it, so ``tail -f`` and jq see it at once."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self.lines = 0
+
+    def write(self, result: DomainResult) -> None:
+        self._stream.write(encode_line(result))
+        self._stream.flush()
+        self.lines += 1
+
+
+@dataclasses.dataclass
+class Summary:
+    """Counts kept while a sweep runs, printed on stderr at the end."""
+
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    domains: int = 0
+    duplicates: int = 0
+    statuses: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    reasons: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+    def add(self, result: DomainResult) -> None:
+        self.domains += 1
+        self.statuses[result.status.value] += 1
+        if result.reason is not None:
+            self.reasons[result.reason.value] += 1
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def render(self) -> str:
+        elapsed = self.elapsed
+        rate = self.domains / elapsed if elapsed > 0 else 0.0
+        lines = [f"mxscan: {self.domains} domains in {elapsed:.1f} s ({rate:.1f} domains/s)"]
+        if self.duplicates:
+            lines.append(f"  duplicate entries skipped: {self.duplicates}")
+        lines.append("  by status:")
+        for status, count in self.statuses.most_common():
+            lines.append(f"    {status:<16} {count}")
+        if self.reasons:
+            lines.append("  by reason:")
+            for reason, count in self.reasons.most_common():
+                lines.append(f"    {reason:<24} {count}")
+        return "\n".join(lines)

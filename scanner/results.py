@@ -1,0 +1,219 @@
+"""Result records: what a sweep writes, one per input domain.
+
+Everything that reaches the JSON output is a frozen dataclass or a string enum defined
+here. ``to_json_dict`` turns a record into plain values; the JSON Schema shipped in
+``scanner/schema/result.schema.json`` describes that form, and ``SCHEMA_VERSION`` names
+it in every record so that readers can tell layouts apart.
+
+The record follows how an admin reads a manual test: first the MX lookup, then for each
+exchange and address the SMTP session phase by phase, and, for anything that failed, the
+phase where it failed and a reason from a closed set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+SCHEMA_VERSION = "mxscan/1"
+
+
+class Status(str, enum.Enum):
+    """Overall state of one input domain."""
+
+    REACHABLE = "reachable"  # at least one mail host completed the handshake
+    UNREACHABLE = "unreachable"  # mail hosts exist, none completed the handshake
+    NULL_MX = "null_mx"  # the domain publishes "MX 0 ." (RFC 7505): it takes no mail
+    NO_MAIL_DOMAIN = "no_mail_domain"  # no MX and no address: nothing to deliver to
+    DNS_ERROR = "dns_error"  # the lookup itself failed
+    NOT_PROBED = "not_probed"  # every address was skipped by the address policy
+    INVALID_INPUT = "invalid_input"  # the entry is not a valid domain name
+    SCANNER_ERROR = "scanner_error"  # a bug in mxscan; the record carries the exception
+
+
+class Phase(str, enum.Enum):
+    """Step of the lookup or SMTP session in which something failed."""
+
+    INPUT = "input"
+    DNS = "dns"
+    POLICY = "policy"
+    CONNECT = "connect"
+    BANNER = "banner"
+    EHLO = "ehlo"
+    HELO = "helo"
+    QUIT = "quit"
+    SCANNER = "scanner"
+
+
+class Reason(str, enum.Enum):
+    """Why a domain or an address is not reachable; a closed set.
+
+    docs/reasons.md says what each value means for an admin; the JSON Schema lists the
+    same values, and a test keeps the three in step.
+    """
+
+    # Input
+    EMPTY_NAME = "empty_name"
+    NAME_TOO_LONG = "name_too_long"
+    INVALID_LABEL = "invalid_label"
+    IP_ADDRESS_GIVEN = "ip_address_given"
+    INVALID_IDN = "invalid_idn"
+
+    # DNS
+    NXDOMAIN = "nxdomain"
+    NO_MX_NO_ADDRESS = "no_mx_no_address"
+    SERVFAIL = "servfail"
+    DNS_REFUSED = "dns_refused"
+    DNS_TIMEOUT = "dns_timeout"
+    DNS_BAD_RESPONSE = "dns_bad_response"
+    DNS_FAILURE = "dns_failure"
+    NO_ADDRESS = "no_address"
+    EXCHANGE_IS_IP_LITERAL = "exchange_is_ip_literal"
+    NULL_MX = "null_mx"
+
+    # Address policy
+    IPV6_DISABLED = "ipv6_disabled"
+
+    # Connection
+    CONNECTION_REFUSED = "connection_refused"
+    CONNECT_TIMEOUT = "connect_timeout"
+    CONNECTION_RESET = "connection_reset"
+    NETWORK_UNREACHABLE = "network_unreachable"
+    CONNECTION_CLOSED = "connection_closed"
+
+    # SMTP dialogue
+    BANNER_TIMEOUT = "banner_timeout"
+    BANNER_REJECTED = "banner_rejected"
+    EHLO_REJECTED = "ehlo_rejected"
+    REPLY_TIMEOUT = "reply_timeout"
+    HOST_DEADLINE = "host_deadline"
+    NOT_SMTP = "not_smtp"
+    MALFORMED_REPLY = "malformed_reply"
+    REPLY_TOO_LONG = "reply_too_long"
+    SERVICE_CLOSING = "service_closing"
+
+    # Bug in mxscan: the record carries the exception so the run goes on
+    SCANNER_ERROR = "scanner_error"
+
+
+class MxSource(str, enum.Enum):
+    """Where the list of mail exchanges came from."""
+
+    MX = "mx"  # published MX records
+    IMPLICIT = "implicit"  # no MX, so the domain itself (RFC 5321 section 5.1)
+    NULL = "null"  # a null MX (RFC 7505)
+
+
+class Refusal(str, enum.Enum):
+    """Whether a refusal asks the client to try again later or not at all."""
+
+    TEMPORARY = "temporary"
+    PERMANENT = "permanent"
+
+
+class Greeting(str, enum.Enum):
+    EHLO = "ehlo"
+    HELO = "helo"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReplyRecord:
+    """One SMTP reply as recorded: the code, the enhanced status code and the text.
+
+    ``text`` holds the lines of a multi-line reply joined by newlines, each without its
+    code and enhanced code; bytes that are not valid UTF-8 appear as ``\\xNN``.
+    """
+
+    code: int
+    enhanced: str | None
+    text: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Failure:
+    """Where and why an address or domain failed, with the reply that showed it."""
+
+    phase: Phase
+    reason: Reason
+    message: str
+    refusal: Refusal | None = None
+    code: int | None = None
+    enhanced: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """The SMTP handshake with one address, phase by phase."""
+
+    address: str
+    port: int
+    connected: bool
+    completed: bool
+    banner: ReplyRecord | None = None
+    greeting: Greeting | None = None
+    ehlo: ReplyRecord | None = None
+    helo: ReplyRecord | None = None
+    keywords: dict[str, str] | None = None
+    quit: ReplyRecord | None = None
+    timings_ms: dict[str, float] = dataclasses.field(default_factory=dict)
+    failure: Failure | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AddressResult:
+    """One address of a mail exchange: probed, or skipped with the reason."""
+
+    address: str
+    family: str
+    probe: ProbeResult | None = None
+    skipped: Failure | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExchangeResult:
+    """One mail exchange (an MX target, or the domain itself for an implicit MX)."""
+
+    name: str
+    preference: int
+    addresses: tuple[AddressResult, ...] = ()
+    failure: Failure | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DomainResult:
+    """The record written for one input domain."""
+
+    domain: str
+    query_name: str | None
+    tags: tuple[str, ...]
+    status: Status
+    started_at: str
+    elapsed_ms: float
+    failure: Failure | None = None
+    mx_source: MxSource | None = None
+    exchanges: tuple[ExchangeResult, ...] = ()
+    duplicates: int = 0
+
+    @property
+    def reason(self) -> Reason | None:
+        return self.failure.reason if self.failure else None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value):
+        return {field.name: _plain(getattr(value, field.name)) for field in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
+
+
+def to_json_dict(result: DomainResult) -> dict[str, Any]:
+    """Convert a domain record into the plain dict that the JSON Schema describes."""
+    body = _plain(result)
+    body["reason"] = result.reason.value if result.reason else None
+    return {"schema": SCHEMA_VERSION, **body}
