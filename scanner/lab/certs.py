@@ -9,10 +9,12 @@ key is written as PEM, and :func:`server_context` turns one into the
 Keys are ECDSA P-256, because generating one takes about a millisecond while an
 RSA-2048 key takes tens of milliseconds, and tests make many.
 
-Old TLS: with the OpenSSL 3.0 that Python links here, TLS 1.0 and 1.1 only
-negotiate at security level 0, because level 1 and up reject their SHA-1 based
-handshake signatures. ``server_context(..., legacy=True)`` lowers the level for
-that server only; a client needs the same setting to connect.
+Old TLS: with OpenSSL 3.0 (3.0.19 is what Python 3.11.7 links on the project's
+machines), TLS 1.0 and 1.1 only negotiate at security level 0, because level 1
+and up reject their MD5-SHA1 handshake signatures. ``server_context`` lowers the
+level for a server whose maximum version is below TLS 1.2, and
+``client_context(..., legacy=True)`` does the same for a client. Both sides need
+it: against a default client such a server fails the handshake.
 """
 
 from __future__ import annotations
@@ -184,14 +186,17 @@ def server_context(
     *,
     minimum_version: ssl.TLSVersion | None = None,
     maximum_version: ssl.TLSVersion | None = None,
-    legacy: bool = False,
+    legacy: bool | None = None,
 ) -> ssl.SSLContext:
     """Build a server-side SSLContext that presents ``files``.
 
     ``minimum_version`` and ``maximum_version`` limit the protocol versions, e.g.
     both TLSv1 for a server that offers only TLS 1.0. ``legacy`` sets OpenSSL
-    security level 0, which TLS 1.0 and 1.1 need with OpenSSL 3.
+    security level 0, which TLS 1.0 and 1.1 need with OpenSSL 3; by default it
+    is on when ``maximum_version`` is below TLS 1.2.
     """
+    if legacy is None:
+        legacy = maximum_version is not None and maximum_version < ssl.TLSVersion.TLSv1_2
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     if legacy:
         context.set_ciphers("DEFAULT:@SECLEVEL=0")

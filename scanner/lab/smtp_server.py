@@ -299,6 +299,11 @@ class SmtpHost:
                 await self._discard_input(session, reader)
                 return
             if action is Action.SEND_GARBAGE:
+                # Wait for the ClientHello, so the garbage reaches the client's TLS
+                # layer and not the plaintext buffer it read the 220 reply into.
+                async with asyncio.timeout(self.behaviour.idle_timeout):
+                    if not await reader.read(READ_LIMIT):
+                        return
                 await self._hold(session, reader, self._send_garbage(writer))
                 return
             if action is Action.START_TLS:
