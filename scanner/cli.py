@@ -8,8 +8,6 @@ domains' states; 2 for a usage or configuration error; 1 for anything else.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import logging
 import signal
 import sys
@@ -18,11 +16,9 @@ from pathlib import Path
 import uvloop
 
 from . import __version__
-from .config import Settings, SweepConfig, load_config, with_overrides
+from .config import load_config, with_overrides
 from .errors import ConfigError
-from .inputs import iter_entries
-from .output import LineWriter, Summary
-from .sweep import Sweep
+from .sweep import sweep_to
 
 log = logging.getLogger("scanner")
 
@@ -90,27 +86,10 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     root.setLevel(level)
 
 
-async def run_sweep(config: SweepConfig, settings: Settings, output: Path | None) -> Summary:
-    """Sweep ``config``'s domains with ``settings``, writing lines to ``output`` or stdout."""
-    with contextlib.ExitStack() as stack:
-        if output is None:
-            stream = sys.stdout.buffer
-        else:
-            try:
-                stream = stack.enter_context(output.open("wb"))
-            except OSError as exc:
-                raise ConfigError(f"cannot open output file {output}: {exc.strerror}") from None
-        sweep = Sweep(settings)
-        try:
-            return await sweep.run(iter_entries(config.domains, config.domains_file), LineWriter(stream))
-        finally:
-            await sweep.close()
-
-
 def _command_scan(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     settings = with_overrides(config.settings, _overrides(args))
-    summary = uvloop.run(run_sweep(config, settings, args.output))
+    summary = uvloop.run(sweep_to(config, settings, args.output))
     if not args.quiet:
         print(summary.render(), file=sys.stderr)
     return EXIT_OK

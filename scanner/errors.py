@@ -40,7 +40,13 @@ class ProbeError(Exception):
 
 class PhaseTimeout(ProbeError):
     def __init__(self, phase: Phase, seconds: float) -> None:
-        super().__init__(f"no complete reply within {seconds:g} s")
+        if phase is Phase.CONNECT:
+            what = "connection"
+        elif phase is Phase.BANNER:
+            what = "complete banner"
+        else:
+            what = f"complete reply to {phase.value.upper()}"
+        super().__init__(f"no {what} within {seconds:g} s")
         self.phase = phase
         self.seconds = seconds
 
@@ -101,6 +107,8 @@ def failure_from_exception(exc: BaseException, phase: Phase) -> Failure:
         message = f"bug in mxscan: {type(exc).__name__}: {exc}"
     elif isinstance(exc, ReplyError) and exc.data:
         message = f"{exc}: {exc.data[:80]!r}"
+    elif isinstance(exc, OSError) and exc.strerror:
+        message = exc.strerror
     else:
         message = str(exc) or type(exc).__name__
     return Failure(phase=phase, reason=reason, message=message)

@@ -178,6 +178,7 @@ class ExchangeResult:
     preference: int
     addresses: tuple[AddressResult, ...] = ()
     failure: Failure | None = None
+    addresses_left_out: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -193,7 +194,7 @@ class DomainResult:
     failure: Failure | None = None
     mx_source: MxSource | None = None
     exchanges: tuple[ExchangeResult, ...] = ()
-    duplicates: int = 0
+    mx_left_out: int = 0
 
     @property
     def reason(self) -> Reason | None:
@@ -213,7 +214,21 @@ def _plain(value: Any) -> Any:
 
 
 def to_json_dict(result: DomainResult) -> dict[str, Any]:
-    """Convert a domain record into the plain dict that the JSON Schema describes."""
-    body = _plain(result)
-    body["reason"] = result.reason.value if result.reason else None
-    return {"schema": SCHEMA_VERSION, **body}
+    """Convert a domain record into the plain dict that the JSON Schema describes.
+
+    The keys a jq user filters on most (status, reason) come first.
+    """
+    return {
+        "schema": SCHEMA_VERSION,
+        "domain": result.domain,
+        "query_name": result.query_name,
+        "tags": list(result.tags),
+        "status": result.status.value,
+        "reason": result.reason.value if result.reason else None,
+        "failure": _plain(result.failure),
+        "mx_source": result.mx_source.value if result.mx_source else None,
+        "mx_left_out": result.mx_left_out,
+        "exchanges": _plain(result.exchanges),
+        "started_at": result.started_at,
+        "elapsed_ms": result.elapsed_ms,
+    }

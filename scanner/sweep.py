@@ -10,17 +10,20 @@ ends as that domain's record; the sweep itself goes on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import hashlib
 import logging
+import sys
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
-from .config import Settings
+from .config import Settings, SweepConfig
 from .dns.mx import Exchange, MxPlan, implicit_plan, plan_from_mx
 from .dns.resolver import DnsLookupError, Resolver
-from .errors import failure_from_exception
-from .inputs import Entry
+from .errors import ConfigError, failure_from_exception
+from .inputs import Entry, iter_entries
 from .outcome import domain_status
 from .output import LineWriter, Summary
 from .probe.prober import Prober, skipped
@@ -136,6 +139,7 @@ class Sweep:
                 failure=failure,
                 mx_source=plan.source if plan else None,
                 exchanges=tuple(exchanges),
+                mx_left_out=plan.left_out if plan else 0,
             )
 
         if entry.invalid is not None:
@@ -187,11 +191,29 @@ class Sweep:
 
         cap = self.settings.limits.max_addresses
         families = [("ipv4", answer.ipv4[:cap]), ("ipv6", answer.ipv6[:cap])]
+        left_out = max(0, len(answer.ipv4) - cap) + max(0, len(answer.ipv6) - cap)
         addresses = [(family, address) for family, found in families for address in found]
         results = await asyncio.gather(*(self._address(family, address) for family, address in addresses))
-        return ExchangeResult(exchange.name, exchange.preference, tuple(results))
+        return ExchangeResult(exchange.name, exchange.preference, tuple(results), addresses_left_out=left_out)
 
     async def _address(self, family: str, address: str) -> AddressResult:
         if family == "ipv6" and not self.settings.smtp.ipv6:
             return AddressResult(address, family, skipped=skipped(Reason.IPV6_DISABLED, "IPv6 probing is off (smtp.ipv6)"))
         return AddressResult(address, family, probe=await self.prober.probe(address))
+
+
+async def sweep_to(config: SweepConfig, settings: Settings, output: Path | None) -> Summary:
+    """Sweep ``config``'s domains with ``settings``, writing lines to ``output`` or stdout."""
+    with contextlib.ExitStack() as stack:
+        if output is None:
+            stream = sys.stdout.buffer
+        else:
+            try:
+                stream = stack.enter_context(output.open("wb"))
+            except OSError as exc:
+                raise ConfigError(f"cannot open output file {output}: {exc.strerror}") from None
+        sweep = Sweep(settings)
+        try:
+            return await sweep.run(iter_entries(config.domains, config.domains_file), LineWriter(stream))
+        finally:
+            await sweep.close()
