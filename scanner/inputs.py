@@ -90,6 +90,11 @@ def normalise_name(given: str) -> str:
             raise InvalidName(Reason.INVALID_LABEL, f"label {label[:20]!r}... is {len(label)} characters long, the maximum is {MAX_LABEL_LENGTH}")
         if not _LABEL_RE.match(label):
             raise InvalidName(Reason.INVALID_LABEL, f"label {label!r} may contain only letters, digits and inner hyphens")
+        if label.startswith("xn--"):
+            try:
+                idna.decode(label)
+            except (idna.IDNAError, UnicodeError) as exc:
+                raise InvalidName(Reason.INVALID_IDN, f"label {label!r} is not a valid A-label: {exc}") from None
     if len(labels) < 2:
         raise InvalidName(Reason.INVALID_LABEL, f"{given!r} has a single label; give a full domain such as example.test")
     if labels[-1].isdigit():

@@ -227,7 +227,8 @@ def parse_ehlo_keywords(reply: Reply) -> dict[str, str]:
     for line in reply.lines[1:]:
         keyword, _, params = line.strip().partition(" ")
         if "=" in keyword:
-            keyword, _, params = keyword.partition("=")
+            keyword, _, first_param = keyword.partition("=")
+            params = f"{first_param} {params}"
         if not _KEYWORD_RE.match(keyword):
             continue
         keyword = keyword.upper()
