@@ -1,4 +1,4 @@
-"""Tests of the lab SMTP servers: behaviours as a client on loopback sees them.
+"""Tests of the lab SMTP servers: each behaviour as seen by a client on loopback.
 
 Every socket test runs under the default asyncio loop and under uvloop, and uses
 its own 127.0.25.x address. Clients built with smtplib always pass
@@ -55,8 +55,12 @@ def run(request: pytest.FixtureRequest) -> Runner:
 
     def run_bounded(coroutine: Coroutine[Any, Any, Any]) -> Any:
         async def bounded() -> Any:
-            async with asyncio.timeout(RUN_TIMEOUT):
-                return await coroutine
+            try:
+                async with asyncio.timeout(RUN_TIMEOUT):
+                    return await coroutine
+            finally:
+                while Client.opened:
+                    Client.opened.pop().close()
 
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             return runner.run(bounded())
@@ -72,9 +76,13 @@ def host(address: str, config: dict[str, Any] | None = None, **kwargs: Any) -> S
 class Client:
     """A raw SMTP client on asyncio streams, which shows replies byte for byte."""
 
+    # Clients not yet closed; the run fixture closes them when the test ends.
+    opened: list[Client] = []
+
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        Client.opened.append(self)
 
     @classmethod
     async def connect(cls, server: SmtpHost) -> Client:
@@ -136,6 +144,10 @@ def test_from_dict_names_unknown_keys() -> None:
 def test_from_dict_rejects_unknown_preset() -> None:
     with pytest.raises(ValueError, match="unknown behaviour 'smtp2'"):
         Behaviour.from_dict({"behaviour": "smtp2"})
+    with pytest.raises(ValueError, match="unknown behaviour"):
+        Behaviour.from_dict({"behaviour": ["esmtp"]})
+    with pytest.raises(ValueError, match="must be a mapping"):
+        Behaviour.from_dict(["esmtp"])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

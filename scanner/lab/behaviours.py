@@ -50,7 +50,7 @@ DEFAULT_EXTENSIONS = (
 
 
 class Greeting(enum.StrEnum):
-    """What the server does when a client connects."""
+    """The server's action when a client connects."""
 
     SMTP = "smtp"  # banner, then the command dialogue
     NONE = "none"  # accept, never send anything, read and discard input
@@ -64,7 +64,7 @@ class Greeting(enum.StrEnum):
 
 
 class EhloMode(enum.StrEnum):
-    """How the server answers EHLO."""
+    """Reply mode for EHLO."""
 
     OK = "ok"
     NOT_IMPLEMENTED = "not_implemented"  # reject_code (500 or 502), HELO still works
@@ -73,14 +73,14 @@ class EhloMode(enum.StrEnum):
 
 
 class HeloMode(enum.StrEnum):
-    """How the server answers HELO."""
+    """Reply mode for HELO."""
 
     OK = "ok"
     REJECT = "reject"
 
 
 class StartTlsMode(enum.StrEnum):
-    """How the server answers STARTTLS."""
+    """Reply mode for STARTTLS."""
 
     TLS = "tls"  # offered only when the host has a TLS context
     UNAVAILABLE = "unavailable"  # advertised, then 454 4.7.0 TLS not available
@@ -175,7 +175,7 @@ class Behaviour:
             )
 
         name = config.get("behaviour", "esmtp")
-        if name not in PRESETS:
+        if not isinstance(name, str) or name not in PRESETS:
             raise ValueError(
                 f"unknown behaviour {name!r}; valid behaviours are: {', '.join(sorted(PRESETS))}"
             )
@@ -395,7 +395,7 @@ class Reply:
 
 
 class Action(enum.Enum):
-    """What the connection does after a reply is sent."""
+    """The connection's next step after a reply is sent."""
 
     CONTINUE = "continue"
     CLOSE = "close"  # send the reply, then close
@@ -495,7 +495,7 @@ class SmtpDialogue:
         return Step(Reply.single(250, "2.0.0 Message accepted"))
 
     def tls_started(self) -> None:
-        """Forget the session state, as RFC 3207 section 4.2 requires after STARTTLS."""
+        """Forget the session state, as RFC 3207 requires after STARTTLS."""
         self.tls_active = True
         self.greeted = False
         self._reset_transaction()
@@ -558,7 +558,8 @@ class SmtpDialogue:
         if outcome is SenderOutcome.SENDER_REJECT:
             return Step(Reply.single(550, "5.1.7 Sender address rejected"))
         if outcome is SenderOutcome.AUTH_REQUIRED:
-            # Exchange sends 530 5.7.1, Gmail 530 5.7.0 (RFC 4954 section 6).
+            # RFC 4954 pairs 530 with 5.7.0. This server sends 5.7.1, so a client
+            # must classify the reply by its 530 code.
             return Step(Reply.single(530, "5.7.1 Authentication required"))
 
         self.sender = address

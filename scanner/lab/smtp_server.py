@@ -1,9 +1,10 @@
 """Lab SMTP server: one asyncio server on one 127.x address that plays a behaviour.
 
 Each connection runs as one task on asyncio streams, with no threads. The replies
-to commands come from :class:`scanner.lab.behaviours.SmtpDialogue`; this module
-does the I/O around it: delays, framing, STARTTLS, the DATA body, and the hostile
-greetings that are pure I/O (drip, long line, endless banner, RST, HTTP).
+to commands come from :class:`scanner.lab.behaviours.SmtpDialogue`. This module
+does the I/O around it: delays, framing, STARTTLS and the DATA body. It also plays
+the hostile greetings that are pure I/O (drip, long line, endless banner, RST,
+HTTP).
 
 Hostile sessions that run "forever" read and discard client input at the same
 time, and end when the client closes, when the client stays silent for the
@@ -45,8 +46,8 @@ MAX_SESSIONS_KEPT = 1000
 MAX_COMMANDS_KEPT = 200
 
 # StreamReader limit: the longest line the server buffers. RFC 5321 section
-# 4.5.3.1.6 limits a text line to 1000 octets; longer lines in DATA are common in
-# real mail, so the limit is 64 KiB. A longer line ends the session.
+# 4.5.3.1.6 limits a text line to 1000 octets, but real mail often has longer
+# lines in DATA, so the limit is 64 KiB. A longer command line ends the session.
 READ_LIMIT = 64 * 1024
 
 # A closing session waits this long for its unsent replies to drain to a client
@@ -72,7 +73,7 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 class SessionRecord:
     """What one client session sent, for tests.
 
-    ``commands`` holds the first :data:`MAX_COMMANDS_KEPT` lines received outside
+    ``commands`` contains the first :data:`MAX_COMMANDS_KEPT` lines received outside
     DATA, decoded as UTF-8 with undecodable bytes escaped, without line endings.
     """
 
@@ -96,8 +97,8 @@ class SmtpHost:
     ``port=0`` picks a free port, readable as :attr:`port` after :meth:`start`.
     Any other port is bound exactly, so many hosts on different 127.x addresses
     can share one port number. ``tls`` is the server SSLContext that STARTTLS
-    uses; without it the server does not offer STARTTLS (unless the behaviour
-    advertises it on purpose, as ``starttls_454`` and ``tls_garbage`` do).
+    uses. Without it the server does not offer STARTTLS, unless the behaviour
+    advertises it on purpose, as ``starttls_454`` and ``tls_garbage`` do.
     """
 
     def __init__(
@@ -167,12 +168,16 @@ class SmtpHost:
         self._stopping = True
         server.close()
 
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # A connection accepted just before close() may start its task while
+        # the others are being cancelled, so repeat until none is left.
+        while self._tasks:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            for writer in list(self._writers):
+                writer.transport.abort()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._tasks.difference_update(tasks)
         await server.wait_closed()
 
         self._server = None
@@ -191,6 +196,9 @@ class SmtpHost:
         await self.stop()
 
     async def _handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._stopping:
+            writer.transport.abort()
+            return
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
@@ -210,7 +218,7 @@ class SmtpHost:
             # Includes ssl.SSLError and ConnectionResetError: the client's doing.
             log.debug("lab SMTP host %s: session from %s ended: %r", self.hostname, session.peer, error)
         except asyncio.CancelledError:
-            pass
+            writer.transport.abort()
         except Exception:
             # A bug in the lab must not take down the other sessions.
             log.exception("lab SMTP host %s: session from %s failed", self.hostname, session.peer)
@@ -310,13 +318,16 @@ class SmtpHost:
                 assert self.tls is not None
                 # NOTE: plaintext pipelined after STARTTLS stays in the reader's
                 # buffer and is read as the first command after the handshake.
-                # RFC 3207 section 5 asks servers to discard it; the lab does not.
+                # A hardened server discards it, because it allows command injection.
                 await writer.start_tls(self.tls, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
                 dialogue.tls_started()
                 session.tls = True
             elif action is Action.READ_DATA:
-                size, too_long = await self._read_message(reader, writer)
-                await self._send(writer, dialogue.receive_message(size, too_long=too_long).reply)
+                size, too_long = await self._read_message(reader)
+                step = dialogue.receive_message(size, too_long=too_long)
+                if behaviour.per_reply_delay:
+                    await asyncio.sleep(behaviour.per_reply_delay)
+                await self._send(writer, step.reply)
 
     async def _send(self, writer: asyncio.StreamWriter, reply: Reply | None) -> None:
         if reply is None:
@@ -325,25 +336,34 @@ class SmtpHost:
         await writer.drain()
 
     async def _read_line(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str | None:
-        """Read one line; return None at end of input or after an idle timeout.
+        """Read one command line; return None at end of input or after an idle timeout.
 
         A line longer than :data:`READ_LIMIT` gets 500 and ends the session, since
-        the reader cannot find where the next command starts.
+        the reader cannot find where the next command starts. An idle timeout gets
+        421 (RFC 5321 section 4.5.3.2.7).
+        """
+        try:
+            return await self._receive_line(reader)
+        except asyncio.LimitOverrunError:
+            await self._send(writer, Reply.single(500, "5.5.2 Line too long"))
+        except TimeoutError:
+            await self._send(writer, Reply.single(421, f"4.4.2 {self.hostname} Idle timeout, closing"))
+        return None
+
+    async def _receive_line(self, reader: asyncio.StreamReader) -> str | None:
+        """Read one line without its ending; return None at end of input.
+
+        Raise TimeoutError after idle_timeout and LimitOverrunError for a line
+        longer than :data:`READ_LIMIT`.
         """
         try:
             async with asyncio.timeout(self.behaviour.idle_timeout):
                 raw = await reader.readuntil(b"\n")
         except asyncio.IncompleteReadError:
             return None
-        except asyncio.LimitOverrunError:
-            await self._send(writer, Reply.single(500, "5.5.2 Line too long"))
-            return None
-        except TimeoutError:
-            await self._send(writer, Reply.single(421, f"4.4.2 {self.hostname} Idle timeout, closing"))
-            return None
         return raw.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
 
-    async def _read_message(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[int, bool]:
+    async def _read_message(self, reader: asyncio.StreamReader) -> tuple[int, bool]:
         """Read and discard a DATA body up to the line ``.`` (RFC 5321 section 4.1.1.4).
 
         Return the body size in bytes and whether a line was longer than
@@ -367,16 +387,15 @@ class SmtpHost:
         """Record and drop client lines until end of input or an idle timeout."""
         while True:
             try:
-                async with asyncio.timeout(self.behaviour.idle_timeout):
-                    raw = await reader.readuntil(b"\n")
-            except asyncio.IncompleteReadError:
-                return
+                line = await self._receive_line(reader)
             except asyncio.LimitOverrunError as error:
                 await reader.readexactly(error.consumed)
                 continue
             except TimeoutError:
                 return
-            session.add_command(raw.rstrip(b"\r\n").decode("utf-8", "surrogateescape"))
+            if line is None:
+                return
+            session.add_command(line)
 
     async def _hold(self, session: SessionRecord, reader: asyncio.StreamReader, sender: Awaitable[None]) -> None:
         """Run ``sender`` while discarding input; stop both when either ends."""
@@ -441,15 +460,18 @@ class SmtpHost:
     async def _answer_http(
         self, session: SessionRecord, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        """Answer like an HTTP/1.1 server: 200 to a request, 400 to anything else."""
-        line = await self._read_line(reader, writer)
+        """Reply like an HTTP/1.1 server: 200 to a request, 400 to anything else.
+
+        A timeout or an overlong line ends the session without an answer.
+        """
+        line = await self._receive_line(reader)
         if line is None:
             return
         session.add_command(line)
 
         if _HTTP_REQUEST_LINE.match(line):
             for _ in range(MAX_HTTP_HEADER_LINES):
-                header = await self._read_line(reader, writer)
+                header = await self._receive_line(reader)
                 if not header:
                     break
             status, body = "200 OK", b"<html><body>mxscan lab web server</body></html>\n"
