@@ -35,6 +35,7 @@ def _add_scan_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--port", type=int, metavar="PORT", help="TCP port of the mail hosts (default 25)")
     group.add_argument("--ehlo-name", metavar="NAME", help="this scanner's host name, sent in EHLO and HELO (default: the machine's host name)")
     group.add_argument("--ipv6", action="store_true", default=None, help="probe IPv6 addresses too")
+    group.add_argument("--allow-private", action="store_true", default=None, help="probe private, loopback and other special-purpose addresses (for labs)")
     group.add_argument("--connect-timeout", type=float, metavar="SECONDS", help="seconds to open a connection (default 10)")
     group.add_argument("--banner-timeout", type=float, metavar="SECONDS", help="seconds to receive the 220 banner (default 30)")
     group.add_argument("--reply-timeout", type=float, metavar="SECONDS", help="seconds to receive the reply to one command (default 30)")
@@ -51,6 +52,7 @@ def _overrides(args: argparse.Namespace) -> dict:
         "smtp.port": args.port,
         "smtp.ehlo_name": args.ehlo_name,
         "smtp.ipv6": args.ipv6,
+        "policy.allow_private": args.allow_private,
         "timeouts.connect": args.connect_timeout,
         "timeouts.banner": args.banner_timeout,
         "timeouts.reply": args.reply_timeout,

@@ -57,6 +57,18 @@ class Limits:
 
 
 @dataclasses.dataclass(frozen=True)
+class PolicySettings:
+    allow_private: bool = dataclasses.field(
+        default=False, metadata={"help": "probe special-purpose addresses too (private, loopback, link-local, ...); for labs"}
+    )
+    allow: tuple[str, ...] = dataclasses.field(default=(), metadata={"help": "CIDR ranges probed even when special-purpose"})
+    exclude: tuple[str, ...] = dataclasses.field(default=(), metadata={"help": "CIDR ranges never probed (opt-out requests)"})
+    exclude_file: str = dataclasses.field(
+        default="", metadata={"help": "file of CIDR ranges never probed, one per line; relative to the YAML file"}
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     resolvers: tuple[str, ...] = dataclasses.field(
         default=(), metadata={"help": "DNS resolvers as IP or IP:PORT; default: the system resolver"}
@@ -67,6 +79,7 @@ class Settings:
     smtp: SmtpSettings = dataclasses.field(default_factory=SmtpSettings)
     timeouts: Timeouts = dataclasses.field(default_factory=Timeouts)
     limits: Limits = dataclasses.field(default_factory=Limits)
+    policy: PolicySettings = dataclasses.field(default_factory=PolicySettings)
 
     @property
     def connection_limit(self) -> int:
@@ -115,6 +128,12 @@ def _coerce(path: str, value: Any, field: dataclasses.Field) -> Any:
     elif kind in ("str", str):
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {value!r}")
+    elif kind == "tuple[str, ...]":
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"{path}: expected a list of strings, got {value!r}")
+        value = tuple(value)
     if "min" in meta and value < meta["min"]:
         raise ConfigError(f"{path}: {value!r} is below the minimum {meta['min']}")
     if "max" in meta and value > meta["max"]:
@@ -223,6 +242,7 @@ def config_from_dict(data: Any, path: Path | None = None) -> SweepConfig:
         raise ConfigError(f"{where}: no domains: add a 'domains' list or a 'domains_file' path")
 
     settings = settings_from_dict(data)
+    settings = _resolve_policy_paths(settings, path.parent if path else Path.cwd())
     return SweepConfig(path=path, domains=tuple(domains), domains_file=domains_file, settings=settings)
 
 
@@ -251,3 +271,18 @@ def with_overrides(settings: Settings, overrides: dict[str, Any]) -> Settings:
             field = {f.name: f for f in dataclasses.fields(settings)}[key]
             changes[key] = _coerce(f"--{key.replace('_', '-')}", value, field)
     return dataclasses.replace(settings, **changes)
+
+
+def _resolve_policy_paths(settings: Settings, base: Path) -> Settings:
+    """Check the policy's ranges and make its exclusion file's path absolute."""
+    from .policy import parse_networks
+
+    policy = settings.policy
+    parse_networks(policy.allow, "policy.allow")
+    parse_networks(policy.exclude, "policy.exclude")
+    if not policy.exclude_file:
+        return settings
+    exclude_file = (base / policy.exclude_file).resolve()
+    if not exclude_file.is_file():
+        raise ConfigError(f"policy.exclude_file: {exclude_file} not found (relative paths start at the YAML file's folder)")
+    return dataclasses.replace(settings, policy=dataclasses.replace(policy, exclude_file=str(exclude_file)))

@@ -74,6 +74,8 @@ class Reason(str, enum.Enum):
 
     # Address policy
     IPV6_DISABLED = "ipv6_disabled"
+    ADDRESS_NOT_GLOBAL = "address_not_global"
+    ADDRESS_EXCLUDED = "address_excluded"
 
     # Connection
     CONNECTION_REFUSED = "connection_refused"

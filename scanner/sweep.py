@@ -25,6 +25,7 @@ from .dns.resolver import DnsLookupError, Resolver
 from .errors import ConfigError, failure_from_exception
 from .inputs import Entry, iter_entries
 from .outcome import domain_status
+from .policy import build_policy
 from .output import LineWriter, Summary
 from .probe.prober import Prober, skipped
 from .results import (
@@ -63,6 +64,7 @@ class Sweep:
             concurrency=settings.dns.concurrency,
         )
         self.prober = Prober(settings)
+        self.policy = build_policy(settings.policy)
         self.summary = Summary()
 
     async def close(self) -> None:
@@ -199,6 +201,10 @@ class Sweep:
     async def _address(self, family: str, address: str) -> AddressResult:
         if family == "ipv6" and not self.settings.smtp.ipv6:
             return AddressResult(address, family, skipped=skipped(Reason.IPV6_DISABLED, "IPv6 probing is off (smtp.ipv6)"))
+        refusal = self.policy.check(address)
+        if refusal is not None:
+            log.debug("%s not probed: %s", address, refusal.message)
+            return AddressResult(address, family, skipped=refusal)
         return AddressResult(address, family, probe=await self.prober.probe(address))
 
 

@@ -26,7 +26,12 @@ def world(records: dict, hosts: list[tuple[str, str, object]], behaviours: dict 
 
 async def sweep_lab(lab: Lab, domains: list, **settings) -> list[dict]:
     """Sweep ``domains`` against ``lab`` and return the records, parsed, in output order."""
-    data = {"domains": domains, "timeouts": dict(FAST_TIMEOUTS), "dns": {"timeout": 0.5, "retries": 0}}
+    data = {
+        "domains": domains,
+        "timeouts": dict(FAST_TIMEOUTS),
+        "dns": {"timeout": 0.5, "retries": 0},
+        "policy": {"allow_private": True},
+    }
     for key, value in settings.items():
         if isinstance(value, dict):
             data.setdefault(key, {}).update(value)
