@@ -17,7 +17,7 @@ enclosing name that has one (RFC 2308 section 3).
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import dns.exception
@@ -37,8 +37,8 @@ from dns.rdtypes.IN.AAAA import AAAA
 DEFAULT_TTL = 300
 # RFC 2181 section 8: a TTL is an unsigned 31-bit number of seconds.
 MAX_TTL = 2**31 - 1
-# CNAME hops followed for one question. A chain longer than this, or a loop, ends the
-# answer with the CNAMEs collected so far; BIND and NSD stop the same way.
+# CNAME records followed for one question. A longer chain, or a loop, ends the
+# answer section with the CNAMEs collected so far.
 MAX_CNAME_CHAIN = 8
 # RFC 1035 section 2.3.4: 63 octets a label, 255 octets a name on the wire, which
 # leaves 253 characters in dotted text without the trailing dot.
@@ -83,7 +83,7 @@ class Behaviour(str, enum.Enum):
     DROP = "drop"
     # Over UDP, reply with TC set and empty sections. TCP replies are complete.
     TRUNCATE = "truncate"
-    # The answer section holds records whose owner is another name.
+    # The answer section contains records whose owner is another name.
     MISMATCH = "mismatch"
     # NOERROR with an empty answer section and the SOA in authority, like NODATA.
     EMPTY = "empty"
@@ -102,14 +102,15 @@ class Answer:
 
 @dataclass
 class _Node:
-    """The RRsets at one owner name, as rdata lists keyed by type, in insertion order."""
+    """The RRsets at one owner name, keyed by type; rdatas keep insertion order.
 
-    rdatas: dict[int, list[dns.rdata.Rdata]] = field(default_factory=dict)
-    # Types whose rdatas the zone made up (apex SOA and NS): replaced by given data.
+    An empty non-terminal is a node without RRsets. The RRsets are built as records
+    are added, so a lookup hands them to the reply without copying or hashing.
+    """
+
+    rrsets: dict[int, dns.rrset.RRset] = field(default_factory=dict)
+    # Types whose RRsets the zone made up (apex SOA and NS): replaced by given data.
     synthesized: set[int] = field(default_factory=set)
-
-    def has_data(self) -> bool:
-        return any(self.rdatas.values())
 
 
 def name_key(name: str | dns.name.Name) -> str:
@@ -219,13 +220,15 @@ class Zone:
 
     Build it with ``Zone.from_dict`` from the YAML form, or programmatically with
     ``add`` and ``set_behaviour``. Lookups are dict accesses, so a world of 100,000+
-    domains answers as fast as a small one. A running server sees changes at once.
+    domains gets replies as fast as a small one. A running server uses changes at once.
     """
 
     def __init__(self, ttl: int = DEFAULT_TTL) -> None:
         if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 <= ttl <= MAX_TTL:
             raise ValueError(f"invalid ttl {ttl!r}: expected an integer from 0 to {MAX_TTL}")
         self.ttl = ttl
+        # Incremented by every change, so that a reply cache can tell when it is stale.
+        self.version = 0
         self._nodes: dict[str, _Node] = {}
         self._behaviours: dict[str, Behaviour] = {}
 
@@ -290,7 +293,7 @@ class Zone:
     def add(self, name: str, rdtype: str | int, value: str | dns.rdata.Rdata) -> None:
         """Add one record, given as master-file text such as ``"10 mx1.normal.test."``.
 
-        Adding a value that the RRset already holds changes nothing. Raises ValueError
+        Adding a value that the RRset already contains changes nothing. Raises ValueError
         for an invalid name, type or value, and for a CNAME beside other data at the
         same name (RFC 1034 section 3.6.2), which NSD would also reject.
         """
@@ -306,14 +309,19 @@ class Zone:
             raise ValueError(f"invalid value {value!r}: expected master-file text")
 
         node = self._node_for(key)
+        self.version += 1
         if type_value in node.synthesized:
             node.synthesized.discard(type_value)
-            node.rdatas[type_value] = []
+            del node.rrsets[type_value]
         self._check_cname_rules(key, node, type_value)
 
-        existing = node.rdatas.setdefault(type_value, [])
-        if rdata not in existing:
-            existing.append(rdata)
+        rrset = node.rrsets.get(type_value)
+        if rrset is None:
+            rrset = node.rrsets[type_value] = dns.rrset.RRset(
+                _absolute_name(key), _IN, type_value
+            )
+        # The RRset is a set, so adding a value that it contains changes nothing.
+        rrset.add(rdata, self.ttl)
 
     def _node_for(self, key: str) -> _Node:
         """Return the node of ``key``, creating it and its ancestors as needed."""
@@ -331,13 +339,13 @@ class Zone:
 
     def _synthesize_apex(self, apex: str) -> None:
         node = self._nodes[apex]
-        if node.rdatas or node.synthesized:
+        if node.rrsets or node.synthesized:
             return
-        node.rdatas[dns.rdatatype.SOA] = [self._make_soa(apex)]
-        node.rdatas[dns.rdatatype.NS] = [
-            NS(_IN, dns.rdatatype.NS, _absolute_name(f"{NAMESERVER_LABEL}.{apex}"))
-        ]
-        node.synthesized.update((dns.rdatatype.SOA, dns.rdatatype.NS))
+        owner = _absolute_name(apex)
+        for rdtype in (dns.rdatatype.SOA, dns.rdatatype.NS):
+            rdatas = self._apex_rdatas(apex, rdtype)
+            node.rrsets[rdtype] = dns.rrset.from_rdata_list(owner, self.ttl, rdatas)
+            node.synthesized.add(rdtype)
 
     def _make_soa(self, apex: str) -> SOA:
         return SOA(
@@ -356,14 +364,14 @@ class Zone:
     def _check_cname_rules(key: str, node: _Node, rdtype: int) -> None:
         other_types = [
             dns.rdatatype.to_text(existing)
-            for existing, rdatas in node.rdatas.items()
-            if rdatas and existing != dns.rdatatype.CNAME
+            for existing in node.rrsets
+            if existing != dns.rdatatype.CNAME
         ]
-        has_cname = bool(node.rdatas.get(dns.rdatatype.CNAME))
+        has_cname = dns.rdatatype.CNAME in node.rrsets
         if rdtype == dns.rdatatype.CNAME and other_types:
             raise ValueError(f"CNAME at {key!r} cannot coexist with {', '.join(other_types)}")
         if rdtype == dns.rdatatype.CNAME and has_cname:
-            raise ValueError(f"{key!r} already has a CNAME; a name holds at most one")
+            raise ValueError(f"{key!r} already has a CNAME, and a name can have only one")
         if rdtype != dns.rdatatype.CNAME and has_cname:
             raise ValueError(
                 f"{dns.rdatatype.to_text(rdtype)} at {key!r} cannot coexist with its CNAME"
@@ -372,6 +380,7 @@ class Zone:
     def set_behaviour(self, name: str, behaviour: Behaviour | str) -> None:
         """Script how the server misbehaves for questions about exactly this name."""
         key = name_key(name)
+        self.version += 1
         try:
             self._behaviours[key] = Behaviour(behaviour)
         except ValueError:
@@ -381,6 +390,7 @@ class Zone:
             ) from None
 
     def clear_behaviour(self, name: str) -> None:
+        self.version += 1
         self._behaviours.pop(name_key(name), None)
 
     def behaviour(self, name: str | dns.name.Name) -> Behaviour | None:
@@ -391,7 +401,7 @@ class Zone:
         node = self._nodes.get(name_key(name))
         if node is None:
             return []
-        return list(node.rdatas.get(parse_type(rdtype), ()))
+        return list(node.rrsets.get(parse_type(rdtype), ()))
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, (str, dns.name.Name)):
@@ -405,39 +415,38 @@ class Zone:
     def resolve(self, qname: dns.name.Name, qtype: int) -> Answer:
         """Answer a question as an authoritative server would, ignoring behaviours.
 
-        Follows CNAMEs within the zone (RFC 1034 section 4.3.2): the answer holds the
+        Follows CNAMEs within the zone (RFC 1034 section 4.3.2): the answer contains the
         chain, then the target's RRset. The rcode is that of the last name in the
-        chain (RFC 6604), and a loop or a chain over MAX_CNAME_CHAIN hops ends the
-        answer with the CNAMEs collected so far.
+        chain (RFC 6604). A loop, or a chain longer than MAX_CNAME_CHAIN CNAMEs, ends
+        the answer with the CNAMEs collected so far and NOERROR. Owner names in the
+        answer are the zone's lowercase ones, whatever the case of ``qname``.
         """
         answer: list[dns.rrset.RRset] = []
-        name = qname
         key = name_key(qname)
         seen = {key}
 
-        for _ in range(MAX_CNAME_CHAIN + 1):
+        for hop in range(MAX_CNAME_CHAIN + 1):
             node = self._nodes.get(key)
             if node is None:
                 return Answer(dns.rcode.NXDOMAIN, tuple(answer), self._negative_soa(key))
 
             if qtype == dns.rdatatype.ANY:
-                for rdtype, rdatas in node.rdatas.items():
-                    if rdatas:
-                        answer.append(self._rrset(name, rdtype, rdatas))
+                answer.extend(node.rrsets.values())
                 return self._positive(answer, key)
 
-            rdatas = node.rdatas.get(qtype)
-            if rdatas:
-                answer.append(self._rrset(name, qtype, rdatas))
+            rrset = node.rrsets.get(qtype)
+            if rrset is not None:
+                answer.append(rrset)
                 return Answer(dns.rcode.NOERROR, tuple(answer))
 
-            cname = node.rdatas.get(dns.rdatatype.CNAME)
-            if not cname or qtype == dns.rdatatype.CNAME:
+            cname = node.rrsets.get(dns.rdatatype.CNAME)
+            if cname is None or qtype == dns.rdatatype.CNAME:
                 return Answer(dns.rcode.NOERROR, tuple(answer), self._negative_soa(key))
+            if hop == MAX_CNAME_CHAIN:
+                break
 
-            answer.append(self._rrset(name, dns.rdatatype.CNAME, cname))
-            name = cname[0].target
-            key = name_key(name)
+            answer.append(cname)
+            key = name_key(cname[0].target)
             if key in seen:
                 break
             seen.add(key)
@@ -460,8 +469,8 @@ class Zone:
         """
         for candidate in (key, *_parent_keys(key)):
             node = self._nodes.get(candidate)
-            if node is not None and node.rdatas.get(dns.rdatatype.SOA):
-                soa = node.rdatas[dns.rdatatype.SOA][0]
+            if node is not None and dns.rdatatype.SOA in node.rrsets:
+                soa = node.rrsets[dns.rdatatype.SOA][0]
                 break
         else:
             candidate = _apex_of(key)
@@ -469,11 +478,6 @@ class Zone:
 
         ttl = min(self.ttl, soa.minimum)
         return (dns.rrset.from_rdata_list(_absolute_name(candidate), ttl, [soa]),)
-
-    def _rrset(
-        self, name: dns.name.Name, rdtype: int, rdatas: list[dns.rdata.Rdata]
-    ) -> dns.rrset.RRset:
-        return dns.rrset.from_rdata_list(name, self.ttl, rdatas)
 
     def to_zonefile(self, origin: str) -> str:
         """Render the names at or below ``origin`` as RFC 1035 master-file text.
@@ -489,17 +493,17 @@ class Zone:
 
         origin_node = self._nodes.get(origin_key, _Node())
         for rdtype in (dns.rdatatype.SOA, dns.rdatatype.NS):
-            rdatas = origin_node.rdatas.get(rdtype) or self._apex_rdatas(origin_key, rdtype)
+            rdatas = origin_node.rrsets.get(rdtype) or self._apex_rdatas(origin_key, rdtype)
             lines.extend(self._zonefile_lines(origin_name, rdtype, rdatas))
 
         for key, node in self._nodes.items():
             if not _is_at_or_below(key, origin_key):
                 continue
             owner = _absolute_name(key)
-            for rdtype, rdatas in node.rdatas.items():
+            for rdtype, rrset in node.rrsets.items():
                 if key == origin_key and rdtype in (dns.rdatatype.SOA, dns.rdatatype.NS):
                     continue
-                lines.extend(self._zonefile_lines(owner, rdtype, rdatas))
+                lines.extend(self._zonefile_lines(owner, rdtype, rrset))
 
         for key, behaviour in self._behaviours.items():
             if _is_at_or_below(key, origin_key):
@@ -512,7 +516,7 @@ class Zone:
         return [NS(_IN, dns.rdatatype.NS, _absolute_name(f"{NAMESERVER_LABEL}.{key}"))]
 
     def _zonefile_lines(
-        self, owner: dns.name.Name, rdtype: int, rdatas: list[dns.rdata.Rdata]
+        self, owner: dns.name.Name, rdtype: int, rdatas: Iterable[dns.rdata.Rdata]
     ) -> Iterator[str]:
         type_text = dns.rdatatype.to_text(rdtype)
         for rdata in rdatas:
