@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 import uvloop
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scanner.lab import certs
 from scanner.lab.behaviours import (
@@ -28,6 +30,7 @@ from scanner.lab.behaviours import (
     Reply,
     SmtpDialogue,
 )
+from scanner.lab import smtp_server
 from scanner.lab.smtp_server import MAX_COMMANDS_KEPT, SmtpHost
 
 pytestmark = [
@@ -270,6 +273,36 @@ def test_dialogue_ehlo_echo_is_sanitised() -> None:
     assert reply is not None
     assert b"\r2" not in reply.encode()
     assert "\x1b" not in reply.lines[0]
+
+
+# Command lines as a client might send them: SMTP verbs with arbitrary arguments,
+# or any text, including surrogates that stand for undecodable bytes.
+_VERBS = st.sampled_from(["EHLO", "HELO", "MAIL FROM:", "RCPT TO:", "DATA", "RSET", "NOOP", "QUIT", "STARTTLS", "VRFY"])
+_COMMAND_LINES = st.one_of(
+    st.builds(lambda verb, rest: f"{verb} {rest}", _VERBS, st.text(max_size=80)),
+    st.text(max_size=200),
+    st.binary(max_size=200).map(lambda data: data.decode("utf-8", "surrogateescape")),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    preset=st.sampled_from(sorted(PRESETS)),
+    lines=st.lists(_COMMAND_LINES, max_size=20),
+    tls_available=st.booleans(),
+)
+def test_dialogue_survives_any_input(preset: str, lines: list[str], tls_available: bool) -> None:
+    dialogue = SmtpDialogue(Behaviour.preset(preset), HOSTNAME, tls_available=tls_available)
+    dialogue.greeting()
+    for line in lines:
+        step = dialogue.receive_line(line)
+        if step.reply is None:
+            continue
+        assert 200 <= step.reply.code <= 599
+        encoded = step.reply.encode()
+        # Each reply line ends in CRLF, and no client text adds another line break.
+        assert encoded.count(b"\n") == len(step.reply.lines)
+        assert encoded.count(b"\r") == len(step.reply.lines)
 
 
 # Ordinary behaviours over sockets
@@ -930,6 +963,27 @@ def test_stop_closes_all_sessions(run: Runner) -> None:
                 while await client.reader.read(4096):
                     pass
         assert server.connections == 20
+
+    run(scenario())
+
+
+def test_session_history_is_bounded(run: Runner, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(smtp_server, "MAX_SESSIONS_KEPT", 3)
+
+    async def scenario() -> None:
+        async with host("127.0.25.39") as server:
+            for number in range(5):
+                client = await Client.connect(server)
+                await client.reply()
+                await client.command(f"HELO client{number}.test")
+                await client.command("QUIT")
+                client.close()
+            assert server.connections == 5
+            assert [session.commands[0] for session in server.sessions] == [
+                "HELO client2.test",
+                "HELO client3.test",
+                "HELO client4.test",
+            ]
 
     run(scenario())
 
