@@ -2,7 +2,7 @@
 
 Every socket test runs under the default asyncio loop and under uvloop, and uses
 its own 127.0.25.x address. Clients built with smtplib always pass
-``local_hostname``, because smtplib otherwise calls socket.getfqdn(), which asks
+``local_hostname``, because smtplib otherwise calls socket.getfqdn(), which queries
 the system resolver.
 """
 
@@ -35,8 +35,8 @@ from scanner.lab.smtp_server import MAX_COMMANDS_KEPT, SmtpHost
 
 pytestmark = [
     pytest.mark.timeout(30),
-    # TLS 1.0 is deprecated in the ssl module, and one test uses it on purpose.
-    pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1 is deprecated:DeprecationWarning"),
+    # TLS 1.0 and 1.1 are deprecated in the ssl module, and tests use them on purpose.
+    pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1(_1)? is deprecated:DeprecationWarning"),
 ]
 
 HOSTNAME = "mx1.normal.test"
@@ -877,6 +877,51 @@ def test_tls_1_0_only_server(run: Runner) -> None:
                     await handshake(server, certs.client_context(None))
 
     run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("kind", "version", "verified"),
+    [
+        ("valid", "TLSv1.3", True),
+        ("expired", "TLSv1.3", False),
+        ("self_signed", "TLSv1.3", False),
+        ("wrong_name", "TLSv1.3", False),
+        ("tls1_0_only", "TLSv1", True),
+        ("tls1_1_only", "TLSv1.1", True),
+    ],
+)
+def test_server_tls_kinds(run: Runner, kind: str, version: str, verified: bool) -> None:
+    async def handshake(server: SmtpHost, context: ssl.SSLContext) -> str:
+        client = await Client.connect(server)
+        try:
+            await client.reply()
+            await client.command("EHLO client.test")
+            await client.command("STARTTLS")
+            await client.writer.start_tls(context, server_hostname=HOSTNAME)
+            return client.writer.get_extra_info("ssl_object").version()
+        finally:
+            client.close()
+
+    async def scenario() -> None:
+        with certs.LabCertificateAuthority() as authority:
+            context = certs.server_context_for(authority, HOSTNAME, kind)
+            async with host("127.0.25.40", tls=context) as server:
+                # A scanner that records certificates without trusting them connects to all.
+                assert await handshake(server, certs.client_context(None, legacy=True)) == version
+                if verified:
+                    strict = certs.client_context(authority.ca_path, legacy=True)
+                    assert await handshake(server, strict) == version
+                else:
+                    with pytest.raises(ssl.SSLCertVerificationError):
+                        await handshake(server, certs.client_context(authority.ca_path))
+
+    run(scenario())
+
+
+def test_server_tls_kind_unknown() -> None:
+    with certs.LabCertificateAuthority() as authority:
+        with pytest.raises(ValueError, match="unknown TLS kind 'tls9'"):
+            certs.server_context_for(authority, HOSTNAME, "tls9")
 
 
 # Robustness and lifecycle

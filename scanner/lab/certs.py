@@ -208,6 +208,32 @@ def server_context(
     return context
 
 
+# Names for the certificate and protocol setups of a lab server, as a lab
+# configuration file would spell them. Each maps to a certificate maker and the
+# (minimum, maximum) TLS versions; None leaves the OpenSSL default.
+SERVER_TLS_KINDS: dict[str, tuple[str, ssl.TLSVersion | None]] = {
+    "valid": ("leaf", None),
+    "expired": ("expired", None),
+    "self_signed": ("self_signed", None),
+    "wrong_name": ("wrong_name", None),
+    "tls1_0_only": ("leaf", ssl.TLSVersion.TLSv1),
+    "tls1_1_only": ("leaf", ssl.TLSVersion.TLSv1_1),
+}
+
+
+def server_context_for(authority: LabCertificateAuthority, hostname: str, kind: str = "valid") -> ssl.SSLContext:
+    """Build the server SSLContext of ``kind`` (a key of SERVER_TLS_KINDS) for ``hostname``.
+
+    The ``*_only`` kinds pin both the minimum and maximum version, with a valid
+    certificate. Raise ValueError for an unknown kind.
+    """
+    if kind not in SERVER_TLS_KINDS:
+        raise ValueError(f"unknown TLS kind {kind!r}; valid kinds are: {', '.join(SERVER_TLS_KINDS)}")
+    maker, version = SERVER_TLS_KINDS[kind]
+    files = getattr(authority, maker)(hostname)
+    return server_context(files, minimum_version=version, maximum_version=version)
+
+
 def client_context(ca: Path | None, *, legacy: bool = False) -> ssl.SSLContext:
     """Build a client SSLContext for tests: verify against ``ca``, or verify nothing.
 
