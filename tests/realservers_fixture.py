@@ -13,6 +13,13 @@ The ``real_servers`` session fixture runs the shell scripts in
   self-signed certificate made here. RCPT TO:<postmaster@interop.test> gets
   250, any other recipient 550 or 554, and DATA always 554, so no mail is kept.
 
+The ``real_exim`` session fixture adds Exim as a second MTA, mx.exim.test on
+127.0.25.201:2525, and the zone ``exim.test`` (MX 10 mx.exim.test). Debian's
+Exim package conflicts with postfix, so Exim runs from a folder unpacked by
+``tests/realservers/exim-unpack.sh`` and named by the environment variable
+MXSCAN_EXIM_ROOT; without that variable the fixture skips. Its replies match
+Postfix's except that every rejection is 550 (see exim.conf.in).
+
 All state lives in one temporary directory, which ``stop()`` removes after
 copying the logs to a pytest temporary directory. The servers need root and
 the Debian packages nsd, unbound and postfix. Without them the fixture skips,
@@ -54,6 +61,14 @@ POSTFIX_ADDRESS = "127.0.25.200"
 SMTP_PORT = 2525
 POSTFIX_HOSTNAME = "mx.interop.test"
 DEFAULT_ZONE_ORIGIN = "interop.test"
+
+# Exim, the optional second MTA, listens on the same port as Postfix at its own
+# address, and serves the zone exim.test.
+EXIM_ADDRESS = "127.0.25.201"
+EXIM_HOSTNAME = "mx.exim.test"
+EXIM_ZONE_ORIGIN = "exim.test"
+# Folder made by tests/realservers/exim-unpack.sh; without it the Exim tests skip.
+EXIM_ROOT_VARIABLE = "MXSCAN_EXIM_ROOT"
 
 # Upper bound for one script run. Each script already waits at most 20 s for
 # its daemon to answer (REALSERVERS_START_TIMEOUT in lib.sh); Postfix needs
@@ -107,6 +122,18 @@ def ci_is_set() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
+def require_real_servers() -> None:
+    """Skip the calling test if the servers cannot run here, or fail if CI is set."""
+    problems = missing_requirements()
+    if not problems:
+        return
+
+    message = "real servers unavailable: " + "; ".join(problems)
+    if ci_is_set():
+        pytest.fail(f"{message} (CI is set, so this is a failure, not a skip)")
+    pytest.skip(message)
+
+
 def make_self_signed_certificate(hostname: str, cert_path: Path, key_path: Path) -> None:
     """Write a P-256 key and a self-signed certificate for hostname, valid 30 days."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -135,17 +162,22 @@ def make_self_signed_certificate(hostname: str, cert_path: Path, key_path: Path)
     cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
 
 
+def mail_zone_text(origin: str, mx_address: str, serial: int = 1) -> str:
+    """Return a zone file with MX 10 mx.<origin> and that host's A record."""
+    return (
+        f"$ORIGIN {origin}.\n"
+        "$TTL 60\n"
+        f"@\tIN SOA\tns.{origin}. hostmaster.{origin}. {serial} 3600 600 86400 60\n"
+        f"@\tIN NS\tns.{origin}.\n"
+        f"@\tIN MX\t10 mx.{origin}.\n"
+        f"ns\tIN A\t{AUTHORITY_ADDRESS}\n"
+        f"mx\tIN A\t{mx_address}\n"
+    )
+
+
 def interop_zone_text(serial: int = 1) -> str:
     """Return the zone file of interop.test that the fixture serves by default."""
-    return (
-        "$ORIGIN interop.test.\n"
-        "$TTL 60\n"
-        f"@\tIN SOA\tns.interop.test. hostmaster.interop.test. {serial} 3600 600 86400 60\n"
-        "@\tIN NS\tns.interop.test.\n"
-        "@\tIN MX\t10 mx.interop.test.\n"
-        f"ns\tIN A\t{AUTHORITY_ADDRESS}\n"
-        f"mx\tIN A\t{POSTFIX_ADDRESS}\n"
-    )
+    return mail_zone_text(DEFAULT_ZONE_ORIGIN, POSTFIX_ADDRESS, serial)
 
 
 def run_script(script: str, *arguments: str | Path) -> str:
@@ -317,13 +349,7 @@ def start_real_servers(log_dir: Path) -> RealServers:
 @pytest.fixture(scope="session")
 def real_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealServers]:
     """NSD, Unbound and Postfix for the session; see the module docstring."""
-    problems = missing_requirements()
-    if problems:
-        message = "real servers unavailable: " + "; ".join(problems)
-        if ci_is_set():
-            pytest.fail(f"{message} (CI is set, so this is a failure, not a skip)")
-        pytest.skip(message)
-
+    require_real_servers()
     servers = start_real_servers(tmp_path_factory.mktemp("realservers-logs"))
     # The session finalizer stops them; atexit covers an interrupted session.
     atexit.register(servers.stop)
@@ -332,3 +358,83 @@ def real_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealServe
     finally:
         servers.stop()
         atexit.unregister(servers.stop)
+
+
+class RealExim:
+    """A running Exim beside Postfix, receiving mail for exim.test."""
+
+    def __init__(self, servers: RealServers, exim_root: Path) -> None:
+        self.servers = servers
+        self.exim_root = exim_root
+        self.state_dir = servers.state_dir / "exim"
+        self.address = EXIM_ADDRESS
+        self.smtp_port = SMTP_PORT
+        self.hostname = EXIM_HOSTNAME
+        self.zone_origin = EXIM_ZONE_ORIGIN
+        self.tls_cert_path = self.state_dir / "tls" / "cert.pem"
+        self.pid: int | None = None
+
+    def start(self) -> None:
+        """Make a certificate, start Exim and load the zone exim.test into NSD."""
+        certificate_dir = self.servers.state_dir / "exim-certificate"
+        certificate_dir.mkdir()
+        cert_path = certificate_dir / "cert.pem"
+        key_path = certificate_dir / "key.pem"
+        make_self_signed_certificate(self.hostname, cert_path, key_path)
+
+        output = run_script(
+            "exim.sh",
+            "start",
+            self.state_dir,
+            self.exim_root,
+            self.address,
+            self.smtp_port,
+            self.hostname,
+            cert_path,
+            key_path,
+        )
+        self.pid = int(output.split()[-1])
+        # RealServers.stop() then stops Exim too, if the session ends without
+        # this fixture's teardown.
+        self.servers.pids["exim"] = self.pid
+        logger.info("Exim started with PID %d", self.pid)
+        self.servers.load_zone(self.zone_origin, mail_zone_text(self.zone_origin, self.address))
+
+    def stop(self) -> None:
+        """Stop Exim and copy its logs to the log folder of the real servers."""
+        if self.pid is None:
+            return
+        self.pid = None
+
+        run_script("exim.sh", "stop", self.state_dir)
+        self.servers.pids.pop("exim", None)
+        logger.info("Exim stopped")
+        for log_file in (self.state_dir / "log").glob("*log"):
+            shutil.copy(log_file, self.servers.log_dir / f"exim-{log_file.name}")
+
+
+@pytest.fixture(scope="session")
+def real_exim(real_servers: RealServers) -> Iterator[RealExim]:
+    """Exim as a second MTA for the session, if MXSCAN_EXIM_ROOT names its folder.
+
+    Skips when the variable is unset, and fails when it names a folder
+    without exim4, so a broken unpack step is not hidden by a skip.
+    """
+    exim_root = os.environ.get(EXIM_ROOT_VARIABLE, "")
+    if not exim_root:
+        pytest.skip(
+            f"Exim unavailable: set {EXIM_ROOT_VARIABLE} to a folder made by "
+            "tests/realservers/exim-unpack.sh FOLDER"
+        )
+    if not os.access(Path(exim_root) / "usr/sbin/exim4", os.X_OK):
+        pytest.fail(
+            f"{EXIM_ROOT_VARIABLE}={exim_root} contains no usr/sbin/exim4; "
+            f"run tests/realservers/exim-unpack.sh {exim_root}"
+        )
+
+    exim = RealExim(real_servers, Path(exim_root))
+    try:
+        exim.start()
+        yield exim
+    finally:
+        exim.stop()

@@ -21,12 +21,16 @@ import dns.rdatatype
 import pytest
 from cryptography import x509
 
-from realservers_fixture import (
+import realservers_fixture
+from realservers_fixture import (  # noqa: F401  (pytest finds fixtures by their names in this module)
     AUTHORITY_ADDRESS,
     AUTHORITY_PORT,
+    RealExim,
     RealServers,
     RealServersError,
-    real_servers,  # noqa: F401  (pytest finds the fixture by its name in this module)
+    real_exim,
+    real_servers,
+    require_real_servers,
 )
 
 pytestmark = pytest.mark.interop
@@ -75,6 +79,30 @@ def zone_text(origin: str, serial: int, mx_host: str) -> str:
         f"@ IN MX 10 {mx_host}.\n"
         f"ns IN A {AUTHORITY_ADDRESS}\n"
     )
+
+
+def test_requirements_non_root_skips(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(realservers_fixture.os, "geteuid", lambda: 1000)
+    monkeypatch.delenv("CI", raising=False)
+
+    with pytest.raises(pytest.skip.Exception, match="not running as root"):
+        require_real_servers()
+
+
+def test_requirements_missing_package_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(realservers_fixture, "REQUIRED_PROGRAMS", {"/nonexistent/sbin/nsd": "nsd"})
+    monkeypatch.setenv("CI", "true")
+
+    with pytest.raises(pytest.fail.Exception, match=r"apt-get install -y nsd\).*CI is set"):
+        require_real_servers()
+
+
+def test_requirements_missing_package_skips_outside_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(realservers_fixture, "REQUIRED_PROGRAMS", {"/nonexistent/sbin/nsd": "nsd"})
+    monkeypatch.setenv("CI", "false")
+
+    with pytest.raises(pytest.skip.Exception, match="missing Debian packages nsd"):
+        require_real_servers()
 
 
 def test_resolver_answers_interop_mx(real_servers: RealServers) -> None:
@@ -245,3 +273,61 @@ def test_postfix_rejects_data_keeps_no_mail(real_servers: RealServers) -> None:
     spool = real_servers.state_dir / "postfix" / "spool"
     for queue in ("maildrop", "incoming", "active", "deferred", "hold"):
         assert wait_until_empty(spool / queue, timeout=5) == [], f"queue {queue} is not empty"
+
+
+def connect_exim(exim: RealExim) -> smtplib.SMTP:
+    return smtplib.SMTP(exim.address, exim.smtp_port, local_hostname=CLIENT_HOSTNAME, timeout=SMTP_TIMEOUT_SECONDS)
+
+
+def test_resolver_answers_exim_mx(real_servers: RealServers, real_exim: RealExim) -> None:
+    mx_response = resolve(real_servers, real_exim.zone_origin, "MX")
+    address_response = resolve(real_servers, real_exim.hostname, "A")
+
+    assert answer_texts(mx_response) == [f"10 {real_exim.hostname}."]
+    assert answer_texts(address_response) == [real_exim.address]
+
+
+def test_exim_banner(real_exim: RealExim) -> None:
+    client = smtplib.SMTP(local_hostname=CLIENT_HOSTNAME, timeout=SMTP_TIMEOUT_SECONDS)
+    code, banner = client.connect(real_exim.address, real_exim.smtp_port)
+    client.quit()
+
+    assert code == 220
+    assert banner.startswith(f"{real_exim.hostname} ESMTP Exim".encode())
+
+
+def test_exim_starttls_presents_fixture_certificate(real_exim: RealExim) -> None:
+    context = ssl.create_default_context(cafile=str(real_exim.tls_cert_path))
+    context.check_hostname = False
+
+    client = connect_exim(real_exim)
+    client.ehlo()
+    features = dict(client.esmtp_features)
+    code, _ = client.starttls(context=context)
+    peer_der = client.sock.getpeercert(binary_form=True)
+    client.quit()
+
+    assert "starttls" in features
+    assert code == 220
+    assert peer_der is not None
+    peer = x509.load_der_x509_certificate(peer_der)
+    names = peer.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == [real_exim.hostname]
+
+
+def test_exim_recipients_and_data(real_exim: RealExim) -> None:
+    client = connect_exim(real_exim)
+    client.ehlo()
+    client.mail("probe@scanner.test")
+    postmaster_code, _ = client.rcpt(f"postmaster@{real_exim.zone_origin}")
+    random_code, random_reply = client.rcpt(f"nobody-{secrets.token_hex(6)}@{real_exim.zone_origin}")
+    relay_code, relay_reply = client.rcpt("someone@elsewhere.test")
+    data_code, _ = client.docmd("DATA")
+    client.quit()
+
+    assert postmaster_code == 250
+    assert random_code == 550
+    assert random_reply.startswith(b"5.1.1")
+    assert relay_code == 550
+    assert relay_reply.startswith(b"5.7.1")
+    assert data_code == 550

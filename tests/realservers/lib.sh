@@ -1,4 +1,4 @@
-# Shell helpers shared by nsd.sh, unbound.sh and postfix.sh: argument checks,
+# Shell helpers shared by nsd.sh, unbound.sh, postfix.sh and exim.sh: argument checks,
 # template rendering, readiness polls and stopping a daemon by its recorded PID.
 # Source this file; it defines functions only and starts nothing.
 
@@ -80,12 +80,23 @@ running_pid() {
     echo "$pid"
 }
 
+# Succeed if a process runs and is not a zombie. A daemon that forked into
+# the background is reaped by PID 1, which may take a second or more in a
+# container, and kill -0 succeeds on a zombie until then.
+pid_alive() {
+    local stat
+    kill -0 "$1" 2>/dev/null || return 1
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    [[ ${stat:0:1} != Z ]]
+}
+
 # Send SIGTERM to one recorded PID and wait for it to exit; use SIGKILL if it is
 # still running after REALSERVERS_STOP_TIMEOUT seconds.
 stop_pid() {
     local pid=$1 name=$2 waited=0
     kill -TERM "$pid" 2>/dev/null || return 0
-    while kill -0 "$pid" 2>/dev/null; do
+    while pid_alive "$pid"; do
         if ((waited >= REALSERVERS_STOP_TIMEOUT * 10)); then
             echo "$name (PID $pid) did not exit ${REALSERVERS_STOP_TIMEOUT}s after SIGTERM; sending SIGKILL" >&2
             kill -KILL "$pid" 2>/dev/null || true
@@ -186,7 +197,7 @@ wait_until_ready() {
     shift 3
     local deadline=$((SECONDS + REALSERVERS_START_TIMEOUT))
     while ! "$@"; do
-        if ! kill -0 "$pid" 2>/dev/null; then
+        if ! pid_alive "$pid"; then
             echo "$description (PID $pid) exited during startup" >&2
             print_log_tail "$log_file"
             return 1
