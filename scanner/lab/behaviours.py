@@ -414,7 +414,8 @@ class Step:
     action: Action = Action.CONTINUE
 
 
-# The SMTP verb is the first word; RFC 5321 section 2.4 makes verbs case-insensitive.
+# A MAIL or RCPT argument after "FROM:" or "TO:": a path in angle brackets, then
+# optional ESMTP parameters (RFC 5321 section 4.1.2).
 _PATH = re.compile(r"^\s*<([^<>]*)>(.*)$")
 
 # Lines with characters that parsers often trip on, sent before a valid final line.
@@ -470,6 +471,7 @@ class SmtpDialogue:
 
     def receive_line(self, line: str) -> Step:
         """Return the step for one command line (without CRLF)."""
+        # RFC 5321 section 2.4 makes verbs case-insensitive.
         verb, _, argument = line.strip().partition(" ")
         verb = verb.upper()
         argument = argument.strip()
