@@ -1,0 +1,1 @@
+"""Operations on finished sweeps: diff two sweeps, count one, and write an HTML report."""
