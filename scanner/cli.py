@@ -18,6 +18,7 @@ import uvloop
 from . import __version__
 from .config import load_config, with_overrides
 from .errors import ConfigError
+from .ops.cli import HANDLERS as OPS_HANDLERS, add_commands as add_ops_commands
 from .sweep import sweep_to
 
 log = logging.getLogger("scanner")
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="start the built-in lab on loopback and sweep the demo domains", description="Start a simulated mail internet on loopback (a DNS authority and SMTP servers with scripted behaviours), sweep configs/demo.yaml against it, and print the JSON lines. Needs no network.")
     demo.add_argument("-o", "--output", type=Path, metavar="OUT.jsonl", help="write the JSON lines to this file instead of standard output")
+    add_ops_commands(commands)
     return parser
 
 
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
 
-    handlers = {"scan": _command_scan, "demo": _command_demo}
+    handlers = {"scan": _command_scan, "demo": _command_demo, **OPS_HANDLERS}
     try:
         return handlers[args.command](args)
     except ConfigError as exc:
