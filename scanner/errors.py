@@ -23,6 +23,7 @@ becomes ``scanner_error``, so a bug on one address is recorded and the sweep goe
 from __future__ import annotations
 
 import errno
+import os
 
 from aiosmtplib.errors import SMTPServerDisconnected
 
@@ -107,8 +108,10 @@ def failure_from_exception(exc: BaseException, phase: Phase) -> Failure:
         message = f"bug in mxscan: {type(exc).__name__}: {exc}"
     elif isinstance(exc, ReplyError) and exc.data:
         message = f"{exc}: {exc.data[:80]!r}"
-    elif isinstance(exc, OSError) and exc.strerror:
-        message = exc.strerror
+    elif isinstance(exc, OSError) and exc.errno:
+        # os.strerror, not exc.strerror: asyncio and uvloop word the same error
+        # differently, and a record should not depend on the event loop.
+        message = os.strerror(exc.errno)
     else:
         message = str(exc) or type(exc).__name__
     return Failure(phase=phase, reason=reason, message=message)
