@@ -71,7 +71,7 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 
 @dataclass
 class SessionRecord:
-    """What one client session sent, for tests.
+    """The commands of one client session, kept for tests.
 
     ``commands`` contains the first :data:`MAX_COMMANDS_KEPT` lines received outside
     DATA, decoded as UTF-8 with undecodable bytes escaped, without line endings.
@@ -462,7 +462,7 @@ class SmtpHost:
     ) -> None:
         """Reply like an HTTP/1.1 server: 200 to a request, 400 to anything else.
 
-        A timeout or an overlong line ends the session without an answer.
+        A timeout or an overlong line ends the session without a response.
         """
         line = await self._receive_line(reader)
         if line is None:
