@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="start the built-in lab on loopback and sweep the demo domains", description="Start a simulated mail internet on loopback (a DNS authority and SMTP servers with scripted behaviours), sweep configs/demo.yaml against it, and print the JSON lines. Needs no network.")
     demo.add_argument("-o", "--output", type=Path, metavar="OUT.jsonl", help="write the JSON lines to this file instead of standard output")
+
+    commands.add_parser("defaults", help="print every setting with its default as a commented YAML file", description="Print every configuration setting with its default value, unit and range, as YAML to start a configuration file from.")
     add_ops_commands(commands)
     return parser
 
@@ -99,6 +101,13 @@ def _command_scan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _command_defaults(args: argparse.Namespace) -> int:
+    from .config_doc import render_defaults
+
+    sys.stdout.write(render_defaults())
+    return EXIT_OK
+
+
 def _command_demo(args: argparse.Namespace) -> int:
     from .lab.demo import run_demo
 
@@ -118,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
 
-    handlers = {"scan": _command_scan, "demo": _command_demo, **OPS_HANDLERS}
+    handlers = {"scan": _command_scan, "demo": _command_demo, "defaults": _command_defaults, **OPS_HANDLERS}
     try:
         return handlers[args.command](args)
     except ConfigError as exc:

@@ -149,3 +149,16 @@ def test_output_is_ascii_json_lines():
         assert line.isascii()
         assert b"\x1b" not in line
         json.loads(line)
+
+
+def test_example_config_matches_defaults():
+    from scanner.config import load_config
+    from scanner.config_doc import render_defaults
+
+    path = ROOT / "configs" / "example.yaml"
+    assert path.read_text() == render_defaults(), "regenerate with: mxscan defaults > configs/example.yaml"
+    config = load_config(path)
+    assert config.settings.smtp.port == 25
+    result = mxscan("defaults")
+    assert result.returncode == 0
+    assert result.stdout.decode() == render_defaults()
