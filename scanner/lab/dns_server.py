@@ -220,7 +220,11 @@ def _garbage(query_id: int) -> bytes:
 
 def _decoy_rrset(zone: Zone, qname: dns.name.Name, qtype: int) -> dns.rrset.RRset:
     """Return the zone's records for the question, or made-up ones, owned by DECOY_OWNER."""
-    rdatas = zone.rdatas(qname, qtype) if qtype != dns.rdatatype.ANY else []
+    try:
+        rdatas = zone.rdatas(qname, qtype)
+    except ValueError:
+        # A query-only type such as ANY or TKEY has no stored values.
+        rdatas = []
     if not rdatas:
         rdtype = qtype if qtype in _DECOY_VALUES else dns.rdatatype.A
         rdatas = [parse_rdata(rdtype, _DECOY_VALUES[rdtype])]

@@ -17,8 +17,9 @@ enclosing name that has one (RFC 2308 section 3).
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import dns.exception
 import dns.name
@@ -51,6 +52,8 @@ SOA_SERIAL = 1
 SOA_REFRESH = 3600
 SOA_RETRY = 600
 SOA_EXPIRE = 86400
+# Apex whose SOA goes with negative answers about names that cannot be keys.
+_UNKNOWN_APEX = "invalid"
 # Host label of the synthesized NS record and SOA MNAME under each apex.
 NAMESERVER_LABEL = "ns1"
 HOSTMASTER_LABEL = "hostmaster"
@@ -71,6 +74,12 @@ _META_TYPES = frozenset(
     }
 )
 _TOP_LEVEL_KEYS = frozenset({"records", "behaviours", "ttl"})
+# Characters that dnspython writes with a backslash escape in names (besides space,
+# control characters and a dot inside a label), so a key with one of them could not
+# match a query's name.
+_ESCAPED_CHARACTERS = '"();\\@$'
+_ESCAPED_CHARACTER = re.compile(r'[\x00-\x20\x7f"();\\@$]')
+
 
 
 class Behaviour(str, enum.Enum):
@@ -100,24 +109,31 @@ class Answer:
     authority: tuple[dns.rrset.RRset, ...] = ()
 
 
-@dataclass
 class _Node:
-    """The RRsets at one owner name, keyed by type; rdatas keep insertion order.
+    """The records at one owner name: rdata lists keyed by type, in insertion order.
 
-    An empty non-terminal is a node without RRsets. The RRsets are built as records
-    are added, so a lookup hands them to the reply without copying or hashing.
+    An empty non-terminal is a node without records. RRsets are built from the lists
+    when a query first needs them and kept until the type changes, because building
+    one hashes every rdata, which costs more than parsing it.
     """
 
-    rrsets: dict[int, dns.rrset.RRset] = field(default_factory=dict)
-    # Types whose RRsets the zone made up (apex SOA and NS): replaced by given data.
-    synthesized: set[int] = field(default_factory=set)
+    __slots__ = ("rdatas", "rrsets")
+
+    def __init__(self) -> None:
+        self.rdatas: dict[int, list[dns.rdata.Rdata]] = {}
+        self.rrsets: dict[int, dns.rrset.RRset] = {}
+
+    def types(self) -> list[int]:
+        return [rdtype for rdtype, rdatas in self.rdatas.items() if rdatas]
 
 
 def name_key(name: str | dns.name.Name) -> str:
     """Return the lookup key of a name: lowercased text without the trailing dot.
 
     Raises ValueError for an empty name, an empty label, a label over 63 characters, a
-    name over 253 characters or non-ASCII text (IDNA-encode such names first).
+    name over 253 characters, non-ASCII text (IDNA-encode such names first) and for
+    characters that DNS text escapes, because queries for such names would never
+    match the key. Keys of ``Name`` objects keep dnspython's escapes.
     """
     if isinstance(name, dns.name.Name):
         return name.to_text(omit_final_dot=True).lower()
@@ -127,6 +143,11 @@ def name_key(name: str | dns.name.Name) -> str:
         raise ValueError(f"invalid DNS name {name!r}: the root name has no records here")
     if not text.isascii():
         raise ValueError(f"invalid DNS name {name!r}: IDNA-encode non-ASCII names first")
+    if _ESCAPED_CHARACTER.search(text):
+        raise ValueError(
+            f"invalid DNS name {name!r}: space, control characters and "
+            f"the characters {_ESCAPED_CHARACTERS} are not supported in lab names"
+        )
     if len(text) > MAX_NAME_LENGTH:
         raise ValueError(
             f"invalid DNS name {name!r}: longer than {MAX_NAME_LENGTH} characters"
@@ -170,9 +191,11 @@ def parse_type(rdtype: str | int) -> int:
     return value
 
 
-# Distinct address texts are few (one per lab mail host at most), so parsed A and AAAA
-# rdatas are shared between owners. Rdata objects are immutable, so sharing is safe.
-_address_cache: dict[tuple[int, str], dns.rdata.Rdata] = {}
+# Parsed values of the fast-path types, shared between owners because benchmark
+# worlds point many domains at a few mail hosts. Rdata objects are immutable, so
+# sharing is safe. When full, the cache is emptied and fills again.
+RDATA_CACHE_SIZE = 100_000
+_rdata_cache: dict[tuple[int, str], dns.rdata.Rdata] = {}
 
 
 def parse_rdata(rdtype: int, value: str) -> dns.rdata.Rdata:
@@ -181,31 +204,34 @@ def parse_rdata(rdtype: int, value: str) -> dns.rdata.Rdata:
     A, AAAA, MX, CNAME and NS take a fast path that skips dnspython's tokenizer, which
     matters when a benchmark builds a world of 100,000+ domains. Raises ValueError.
     """
+    text = value.strip()
+    cached = _rdata_cache.get((rdtype, text))
+    if cached is not None:
+        return cached
+
     try:
-        if rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-            return _parse_address(rdtype, value)
-        if rdtype == dns.rdatatype.MX:
-            fields = value.split()
+        if rdtype == dns.rdatatype.A:
+            rdata: dns.rdata.Rdata = A(_IN, rdtype, text)
+        elif rdtype == dns.rdatatype.AAAA:
+            rdata = AAAA(_IN, rdtype, text)
+        elif rdtype == dns.rdatatype.MX:
+            fields = text.split()
             if len(fields) != 2:
                 raise ValueError(f"invalid MX value {value!r}: expected 'PREFERENCE EXCHANGE'")
-            return MX(_IN, rdtype, int(fields[0]), _parse_target(fields[1]))
-        if rdtype == dns.rdatatype.CNAME:
-            return CNAME(_IN, rdtype, _parse_target(value.strip()))
-        if rdtype == dns.rdatatype.NS:
-            return NS(_IN, rdtype, _parse_target(value.strip()))
-        return dns.rdata.from_text(_IN, rdtype, value, origin=dns.name.root)
+            rdata = MX(_IN, rdtype, int(fields[0]), _parse_target(fields[1]))
+        elif rdtype == dns.rdatatype.CNAME:
+            rdata = CNAME(_IN, rdtype, _parse_target(text))
+        elif rdtype == dns.rdatatype.NS:
+            rdata = NS(_IN, rdtype, _parse_target(text))
+        else:
+            return dns.rdata.from_text(_IN, rdtype, value, origin=dns.name.root)
     except (dns.exception.DNSException, ValueError, TypeError) as error:
         raise ValueError(str(error) or type(error).__name__) from error
 
-
-def _parse_address(rdtype: int, value: str) -> dns.rdata.Rdata:
-    text = value.strip()
-    cached = _address_cache.get((rdtype, text))
-    if cached is None:
-        rdata_class = A if rdtype == dns.rdatatype.A else AAAA
-        cached = rdata_class(_IN, rdtype, text)
-        _address_cache[(rdtype, text)] = cached
-    return cached
+    if len(_rdata_cache) >= RDATA_CACHE_SIZE:
+        _rdata_cache.clear()
+    _rdata_cache[(rdtype, text)] = rdata
+    return rdata
 
 
 def _parse_target(text: str) -> dns.name.Name:
@@ -231,6 +257,11 @@ class Zone:
         self.version = 0
         self._nodes: dict[str, _Node] = {}
         self._behaviours: dict[str, Behaviour] = {}
+        # (apex key, type) of the SOA and NS RRsets that the zone made up, which given
+        # data replaces.
+        self._synthesized: set[tuple[str, int]] = set()
+        # Authority sections of negative answers, by the key of the SOA owner.
+        self._negative_cache: dict[str, tuple[dns.rrset.RRset, ...]] = {}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> Zone:
@@ -293,9 +324,9 @@ class Zone:
     def add(self, name: str, rdtype: str | int, value: str | dns.rdata.Rdata) -> None:
         """Add one record, given as master-file text such as ``"10 mx1.normal.test."``.
 
-        Adding a value that the RRset already contains changes nothing. Raises ValueError
-        for an invalid name, type or value, and for a CNAME beside other data at the
-        same name (RFC 1034 section 3.6.2), which NSD would also reject.
+        Replies and exports list a value that was added twice only once. A second SOA
+        replaces the first. Raises ValueError for an invalid name, type or value, and
+        for a CNAME beside other data at the same name (RFC 1034 section 3.6.2).
         """
         key = name_key(name)
         type_value = parse_type(rdtype)
@@ -309,19 +340,18 @@ class Zone:
             raise ValueError(f"invalid value {value!r}: expected master-file text")
 
         node = self._node_for(key)
-        self.version += 1
-        if type_value in node.synthesized:
-            node.synthesized.discard(type_value)
-            del node.rrsets[type_value]
+        if (key, type_value) in self._synthesized:
+            self._synthesized.discard((key, type_value))
+            del node.rdatas[type_value]
         self._check_cname_rules(key, node, type_value)
 
-        rrset = node.rrsets.get(type_value)
-        if rrset is None:
-            rrset = node.rrsets[type_value] = dns.rrset.RRset(
-                _absolute_name(key), _IN, type_value
-            )
-        # The RRset is a set, so adding a value that it contains changes nothing.
-        rrset.add(rdata, self.ttl)
+        self.version += 1
+        node.rrsets.pop(type_value, None)
+        if type_value == dns.rdatatype.SOA:
+            node.rdatas[type_value] = [rdata]
+            self._negative_cache.clear()
+        else:
+            node.rdatas.setdefault(type_value, []).append(rdata)
 
     def _node_for(self, key: str) -> _Node:
         """Return the node of ``key``, creating it and its ancestors as needed."""
@@ -339,35 +369,33 @@ class Zone:
 
     def _synthesize_apex(self, apex: str) -> None:
         node = self._nodes[apex]
-        if node.rrsets or node.synthesized:
+        if node.rdatas or (apex, dns.rdatatype.SOA) in self._synthesized:
             return
-        owner = _absolute_name(apex)
         for rdtype in (dns.rdatatype.SOA, dns.rdatatype.NS):
-            rdatas = self._apex_rdatas(apex, rdtype)
-            node.rrsets[rdtype] = dns.rrset.from_rdata_list(owner, self.ttl, rdatas)
-            node.synthesized.add(rdtype)
+            node.rdatas[rdtype] = self._apex_rdatas(apex, rdtype)
+            self._synthesized.add((apex, rdtype))
 
-    def _make_soa(self, apex: str) -> SOA:
-        return SOA(
-            _IN,
-            dns.rdatatype.SOA,
-            _absolute_name(f"{NAMESERVER_LABEL}.{apex}"),
-            _absolute_name(f"{HOSTMASTER_LABEL}.{apex}"),
-            SOA_SERIAL,
-            SOA_REFRESH,
-            SOA_RETRY,
-            SOA_EXPIRE,
-            self.ttl,
+    def _apex_rdatas(self, key: str, rdtype: int) -> list[dns.rdata.Rdata]:
+        """Return the synthesized SOA or NS values for the apex ``key``."""
+        nameserver = _absolute_name(f"{NAMESERVER_LABEL}.{key}")
+        if rdtype == dns.rdatatype.NS:
+            return [NS(_IN, rdtype, nameserver)]
+        hostmaster = _absolute_name(f"{HOSTMASTER_LABEL}.{key}")
+        soa = SOA(
+            _IN, rdtype, nameserver, hostmaster,
+            SOA_SERIAL, SOA_REFRESH, SOA_RETRY, SOA_EXPIRE, self.ttl,
         )
+        return [soa]
 
     @staticmethod
     def _check_cname_rules(key: str, node: _Node, rdtype: int) -> None:
+        types = node.types()
         other_types = [
             dns.rdatatype.to_text(existing)
-            for existing in node.rrsets
+            for existing in types
             if existing != dns.rdatatype.CNAME
         ]
-        has_cname = dns.rdatatype.CNAME in node.rrsets
+        has_cname = dns.rdatatype.CNAME in types
         if rdtype == dns.rdatatype.CNAME and other_types:
             raise ValueError(f"CNAME at {key!r} cannot coexist with {', '.join(other_types)}")
         if rdtype == dns.rdatatype.CNAME and has_cname:
@@ -380,7 +408,6 @@ class Zone:
     def set_behaviour(self, name: str, behaviour: Behaviour | str) -> None:
         """Script how the server misbehaves for questions about exactly this name."""
         key = name_key(name)
-        self.version += 1
         try:
             self._behaviours[key] = Behaviour(behaviour)
         except ValueError:
@@ -388,20 +415,23 @@ class Zone:
             raise ValueError(
                 f"unknown behaviour {behaviour!r}, expected one of: {choices}"
             ) from None
+        self.version += 1
 
     def clear_behaviour(self, name: str) -> None:
-        self.version += 1
         self._behaviours.pop(name_key(name), None)
+        self.version += 1
 
     def behaviour(self, name: str | dns.name.Name) -> Behaviour | None:
         return self._behaviours.get(name_key(name))
 
     def rdatas(self, name: str | dns.name.Name, rdtype: str | int) -> list[dns.rdata.Rdata]:
-        """Return a copy of the values stored for ``name`` and ``rdtype``, in order."""
-        node = self._nodes.get(name_key(name))
+        """Return the distinct values stored for ``name`` and ``rdtype``, in order."""
+        key = name_key(name)
+        node = self._nodes.get(key)
         if node is None:
             return []
-        return list(node.rrsets.get(parse_type(rdtype), ()))
+        rrset = self._rrset(key, node, parse_type(rdtype))
+        return [] if rrset is None else list(rrset)
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, (str, dns.name.Name)):
@@ -431,15 +461,16 @@ class Zone:
                 return Answer(dns.rcode.NXDOMAIN, tuple(answer), self._negative_soa(key))
 
             if qtype == dns.rdatatype.ANY:
-                answer.extend(node.rrsets.values())
+                for rdtype in node.types():
+                    answer.append(self._rrset(key, node, rdtype))  # type: ignore[arg-type]
                 return self._positive(answer, key)
 
-            rrset = node.rrsets.get(qtype)
+            rrset = self._rrset(key, node, qtype)
             if rrset is not None:
                 answer.append(rrset)
                 return Answer(dns.rcode.NOERROR, tuple(answer))
 
-            cname = node.rrsets.get(dns.rdatatype.CNAME)
+            cname = self._rrset(key, node, dns.rdatatype.CNAME)
             if cname is None or qtype == dns.rdatatype.CNAME:
                 return Answer(dns.rcode.NOERROR, tuple(answer), self._negative_soa(key))
             if hop == MAX_CNAME_CHAIN:
@@ -452,6 +483,18 @@ class Zone:
             seen.add(key)
 
         return Answer(dns.rcode.NOERROR, tuple(answer))
+
+    def _rrset(self, key: str, node: _Node, rdtype: int) -> dns.rrset.RRset | None:
+        """Return the RRset of ``rdtype`` at ``node``, building it on first use."""
+        rrset = node.rrsets.get(rdtype)
+        if rrset is not None:
+            return rrset
+        rdatas = node.rdatas.get(rdtype)
+        if not rdatas:
+            return None
+        rrset = dns.rrset.from_rdata_list(_absolute_name(key), self.ttl, rdatas)
+        node.rrsets[rdtype] = rrset
+        return rrset
 
     def _positive(self, answer: list[dns.rrset.RRset], key: str) -> Answer:
         if answer:
@@ -469,15 +512,23 @@ class Zone:
         """
         for candidate in (key, *_parent_keys(key)):
             node = self._nodes.get(candidate)
-            if node is not None and dns.rdatatype.SOA in node.rrsets:
-                soa = node.rrsets[dns.rdatatype.SOA][0]
+            if node is not None and node.rdatas.get(dns.rdatatype.SOA):
+                soa = node.rdatas[dns.rdatatype.SOA][0]
                 break
         else:
             candidate = _apex_of(key)
-            soa = self._make_soa(candidate)
+            if not candidate or "\\" in candidate:
+                # The query name has escaped bytes, which no stored name has, and
+                # splitting its text at dots may have cut an escape in two.
+                candidate = _UNKNOWN_APEX
+            soa = self._apex_rdatas(candidate, dns.rdatatype.SOA)[0]
 
-        ttl = min(self.ttl, soa.minimum)
-        return (dns.rrset.from_rdata_list(_absolute_name(candidate), ttl, [soa]),)
+        cached = self._negative_cache.get(candidate)
+        if cached is None:
+            ttl = min(self.ttl, soa.minimum)
+            rrset = dns.rrset.from_rdata_list(_absolute_name(candidate), ttl, [soa])
+            cached = self._negative_cache[candidate] = (rrset,)
+        return cached
 
     def to_zonefile(self, origin: str) -> str:
         """Render the names at or below ``origin`` as RFC 1035 master-file text.
@@ -493,34 +544,34 @@ class Zone:
 
         origin_node = self._nodes.get(origin_key, _Node())
         for rdtype in (dns.rdatatype.SOA, dns.rdatatype.NS):
-            rdatas = origin_node.rrsets.get(rdtype) or self._apex_rdatas(origin_key, rdtype)
+            rdatas = origin_node.rdatas.get(rdtype) or self._apex_rdatas(origin_key, rdtype)
             lines.extend(self._zonefile_lines(origin_name, rdtype, rdatas))
 
         for key, node in self._nodes.items():
             if not _is_at_or_below(key, origin_key):
                 continue
             owner = _absolute_name(key)
-            for rdtype, rrset in node.rrsets.items():
+            for rdtype, rdatas in node.rdatas.items():
                 if key == origin_key and rdtype in (dns.rdatatype.SOA, dns.rdatatype.NS):
                     continue
-                lines.extend(self._zonefile_lines(owner, rdtype, rrset))
+                lines.extend(self._zonefile_lines(owner, rdtype, rdatas))
 
         for key, behaviour in self._behaviours.items():
             if _is_at_or_below(key, origin_key):
                 lines.append(f"; {key}. has the lab-only behaviour {behaviour.value!r}")
         return "\n".join(lines) + "\n"
 
-    def _apex_rdatas(self, key: str, rdtype: int) -> list[dns.rdata.Rdata]:
-        if rdtype == dns.rdatatype.SOA:
-            return [self._make_soa(key)]
-        return [NS(_IN, dns.rdatatype.NS, _absolute_name(f"{NAMESERVER_LABEL}.{key}"))]
-
     def _zonefile_lines(
         self, owner: dns.name.Name, rdtype: int, rdatas: Iterable[dns.rdata.Rdata]
     ) -> Iterator[str]:
+        """Yield one master-file line per distinct value, in insertion order."""
         type_text = dns.rdatatype.to_text(rdtype)
+        written: set[str] = set()
         for rdata in rdatas:
-            yield f"{owner} {self.ttl} IN {type_text} {rdata.to_text()}"
+            text = rdata.to_text()
+            if text not in written:
+                written.add(text)
+                yield f"{owner} {self.ttl} IN {type_text} {text}"
 
 
 def _is_at_or_below(key: str, origin_key: str) -> bool:
