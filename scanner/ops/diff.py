@@ -60,8 +60,9 @@ def parse_change_types(text: str) -> set[ChangeType]:
     return {ChangeType(name) for name in names}
 
 
-def _change(change: ChangeType, old: dict[str, Any] | None, new: dict[str, Any] | None, **fields: Any) -> dict[str, Any]:
-    facts = new or old
+def _change(change: ChangeType, old_facts: dict[str, Any] | None, new_facts: dict[str, Any] | None, **fields: Any) -> dict[str, Any]:
+    """Build one output line; ``fields`` (old, new, hosts ...) follow domain, change and tags."""
+    facts = new_facts or old_facts
     return {"domain": facts["key"], "change": change.value, "tags": facts["tags"], **fields}
 
 

@@ -18,12 +18,11 @@ from __future__ import annotations
 import datetime
 import enum
 import gzip
-import io
 import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO
 
 from ..results import Reason
 
@@ -67,12 +66,12 @@ class RecordsError(Exception):
         self.problem = problem
 
 
-def _open_text(path: str) -> TextIO:
+def _open_binary(path: str) -> BinaryIO:
     if path == "-":
-        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="strict")
+        return sys.stdin.buffer
     if path.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", errors="strict")
-    return open(path, encoding="utf-8", errors="strict")
+        return gzip.open(path, "rb")
+    return open(path, "rb")
 
 
 def _check_record(record: Any) -> str | None:
@@ -99,14 +98,20 @@ def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """
     name = str(path)
     try:
-        stream = _open_text(name)
+        stream = _open_binary(name)
     except OSError as exc:
         raise RecordsError(name, None, f"cannot open: {exc.strerror or exc}") from None
 
+    # Lines are read as bytes and decoded one at a time, so that an encoding error
+    # names its own line rather than the end of a read-ahead buffer.
     number = 0
     try:
         with stream:
-            for number, line in enumerate(stream, start=1):
+            for number, raw in enumerate(stream, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise RecordsError(name, number, "not UTF-8 text") from None
                 if not line.strip():
                     continue
                 try:
@@ -117,8 +122,6 @@ def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 if problem is not None:
                     raise RecordsError(name, number, problem)
                 yield number, record
-    except UnicodeDecodeError:
-        raise RecordsError(name, number + 1, "not UTF-8 text") from None
     except (OSError, EOFError) as exc:
         # gzip raises BadGzipFile (an OSError) or EOFError for a damaged or cut file.
         raise RecordsError(name, number + 1, f"read failed: {exc}") from None
