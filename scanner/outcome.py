@@ -12,6 +12,7 @@ _DNS_TROUBLE = {
     Reason.DNS_TIMEOUT,
     Reason.DNS_BAD_RESPONSE,
     Reason.DNS_FAILURE,
+    Reason.CNAME_LOOP,
 }
 
 
