@@ -494,6 +494,18 @@ def test_question_count_and_opcode_errors(zone: Zone) -> None:
     assert reply.rcode() == dns.rcode.BADVERS
 
 
+@pytest.mark.parametrize(
+    "labels",
+    [(b"tes.",), (b"alias", b"te\\st"), (b"a b", b"test"), (b"\x00",), ()],
+)
+def test_odd_query_names_get_nxdomain(zone: Zone, labels: tuple[bytes, ...]) -> None:
+    qname = dns.name.Name([*labels, b""])
+    query = dns.message.make_query(qname, "MX")
+    reply = dns.message.from_wire(build_reply(zone, query.to_wire(), Transport.UDP).wire)
+    assert reply.rcode() == dns.rcode.NXDOMAIN
+    assert has_soa_authority(reply)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=600))
 def test_build_reply_survives_random_bytes(wire: bytes) -> None:
@@ -626,6 +638,23 @@ def test_explicit_port(zone: Zone) -> None:
     asyncio.run(scenario())
 
 
+def test_ipv6_loopback_address(zone: Zone, loop_kind: str) -> None:
+    async def scenario(server: DnsAuthority) -> None:
+        resolver = aiodns.DNSResolver(nameservers=[server.address], timeout=REPLY_TIMEOUT, tries=1)
+        try:
+            mx = await resolver.query_dns("normal.test", "MX")
+            assert len(mx.answer) == 2
+        finally:
+            await resolver.close()
+
+    with running_authority(zone, "::1", loop_kind) as server:
+        assert server.address == f"[::1]:{server.port}"
+        response = udp_query(server, "normal.test", "MX")
+        assert len(response.answer[0]) == 2
+        with asyncio.Runner(loop_factory=LOOP_FACTORIES[loop_kind]) as runner:
+            runner.run(scenario(server))
+
+
 @pytest.mark.parametrize("host", ["10.0.0.1", "0.0.0.0", "localhost", "192.168.1.1"])
 def test_rejects_non_loopback_host(zone: Zone, host: str) -> None:
     with pytest.raises(ValueError, match="loopback"):
@@ -645,7 +674,8 @@ def test_aiodns_nameserver_with_port(zone: Zone, loop_kind: str) -> None:
                 (20, "mx2.normal.test"),
             ]
 
-            # 60 MX records do not fit in UDP, so c-ares retries over TCP.
+            # 60 MX records do not fit in the UDP payload that c-ares offers, so it
+            # retries over TCP.
             many = await resolver.query_dns("many.test", "MX")
             assert len(many.answer) == MANY_MX_COUNT
 
@@ -695,6 +725,23 @@ def test_zone_from_dict_names_bad_entry() -> None:
         with pytest.raises(ValueError) as error:
             Zone.from_dict(data)
         assert expected in str(error.value), data
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("", "root name"),
+        ("a..test", "empty label"),
+        ("a b.test", "not supported"),
+        ("a\\.b.test", "not supported"),
+        ("bücher.test", "IDNA"),
+        ("x" * 64 + ".test", "label"),
+        ("a." * 127 + "test", "longer than 253"),
+    ],
+)
+def test_zone_rejects_invalid_names(name: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        Zone().add(name, "A", "127.0.0.1")
 
 
 def test_zone_add_programmatically() -> None:
