@@ -324,8 +324,10 @@ class Zone:
     def add(self, name: str, rdtype: str | int, value: str | dns.rdata.Rdata) -> None:
         """Add one record, given as master-file text such as ``"10 mx1.normal.test."``.
 
-        Replies and exports list a value that was added twice only once. A second SOA
-        replaces the first. Raises ValueError for an invalid name, type or value, and
+        Values follow master-file rules, so a TXT value with spaces needs quotes:
+        ``'"v=spf1 -all"'`` is one string, ``"v=spf1 -all"`` is two. Replies and
+        exports list a value that was added twice only once. A second SOA replaces
+        the first. Raises ValueError for an invalid name, type or value, and
         for a CNAME beside other data at the same name (RFC 1034 section 3.6.2).
         """
         key = name_key(name)
