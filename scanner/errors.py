@@ -32,7 +32,7 @@ from .smtp.reply import MalformedReply, NotSmtp, ReplyError, ReplyTooLong
 
 
 class ConfigError(Exception):
-    """Invalid configuration, domain file or command-line value; the message says which and how to fix it."""
+    """Invalid configuration, domain file or command-line value. The message names the value and the fix."""
 
 
 class ProbeError(Exception):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .results import ExchangeResult, Failure, Phase, Reason, Status
 
-# DNS failures of the exchanges' own lookups that say the resolver had trouble, as
+# Failures of the exchanges' own lookups that mean the resolver had trouble, as
 # opposed to the names simply having no address.
 _DNS_TROUBLE = {
     Reason.SERVFAIL,

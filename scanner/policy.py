@@ -8,9 +8,9 @@ reserved) and multicast are skipped and recorded. Python's ``ipaddress`` module 
 those registries as ``is_global``; multicast is checked apart because ``is_global``
 counts it as global.
 
-Order of checks: the exclusion list first, since an opt-out must win over everything;
-then the allow list, which can open a special-purpose range for a lab; then the
-special-purpose rule unless ``allow_private`` lifts it.
+The exclusion list is checked first, because an opt-out must win over everything. The
+allow list comes next and can open a special-purpose range for a lab. Last comes the
+special-purpose rule, unless ``allow_private`` lifts it.
 """
 
 from __future__ import annotations

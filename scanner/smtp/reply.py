@@ -9,10 +9,9 @@ accepts a bare LF as a line end and skips blank lines between the lines of a rep
 Enhanced status codes (RFC 3463, "class.subject.detail" after the reply code) are split
 off the text so that callers can decide on the code and the enhanced code together.
 
-The reader never holds more than ``max_reply_bytes`` and never more than
-``max_line_bytes`` in one line: a server that sends a megabyte without a newline, or a
-multi-line reply that never ends, is stopped with ``ReplyTooLong`` instead of growing
-the buffer.
+The reader keeps at most ``max_reply_bytes`` per reply and ``max_line_bytes`` per line.
+A server that sends a megabyte without a newline, or a multi-line reply that never
+ends, is stopped with ``ReplyTooLong`` instead of growing the buffer.
 """
 
 from __future__ import annotations
@@ -56,7 +55,7 @@ class ReplyTooLong(ReplyError):
 class Reply:
     """A complete SMTP reply.
 
-    ``lines`` holds each line's text after the code, separator and enhanced code,
+    ``lines`` contains each line's text after the code, separator and enhanced code,
     decoded as UTF-8 with invalid bytes kept as ``\\xNN`` escapes. ``message`` exists
     for aiosmtplib, whose protocol code reads ``.code`` and ``.message``.
     """
