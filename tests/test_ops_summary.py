@@ -44,7 +44,7 @@ def test_summary_table(sweeps, capsys):
     assert "connection_refused" in out
     assert "stable.test" in out  # the top provider
     assert "TLSv1.3" in out
-    assert "Certificates expiring within 14 days: 1 domains" in out
+    assert "Domains with a certificate expiring within 14 days: 1" in out
     assert "cert-expiring.test" in out
 
 

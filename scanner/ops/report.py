@@ -62,6 +62,7 @@ h2 { margin: 0 0 8px; font-size: 17px; }
 .tile.good { border-color: var(--good); } .tile.bad { border-color: var(--bad); } .tile.warn { border-color: var(--warn); }
 .tile b { display: block; font-size: 26px; }
 .tile span { color: var(--muted); font-size: 13px; }
+svg.chart { display: block; width: 100%; max-width: 640px; height: auto; }
 svg.chart text { font-size: 12px; fill: #1d1d1d; }
 svg.chart text.value { fill: var(--muted); }
 svg.chart rect.good { fill: var(--good); } svg.chart rect.bad { fill: var(--bad); }
@@ -114,7 +115,7 @@ def bar_chart(rows: Iterable[tuple[str, int, str]], label_width: int = 230, widt
     highest = max(value for _label, value, _tone in rows) or 1
     bar_space = width - label_width - 70
     height = row_height * len(rows) + 4
-    parts = [f'<svg class="chart" role="img" width="{width}" height="{height}" viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">']
+    parts = [f'<svg class="chart" role="img" width="{width}" height="{height}" viewBox="0 0 {width} {height}">']
     for index, (label, value, tone) in enumerate(rows):
         top = index * row_height + 2
         bar = max(1, round(bar_space * value / highest)) if value else 0
@@ -126,6 +127,10 @@ def bar_chart(rows: Iterable[tuple[str, int, str]], label_width: int = 230, widt
         )
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _shorten(text: str, limit: int) -> str:
@@ -217,7 +222,7 @@ def _certificate_section(summary: SweepSummary) -> str:
     if not any(count for _label, count, _tone in buckets):
         return _section("Certificate expiry", '<p class="empty">No certificates in this sweep: STARTTLS was not tested or no host offered it.</p>')
     rows = [[entry["days_to_expiry"], entry["domain"], entry["exchange"], entry["address"], entry["not_after"], entry["subject"]] for entry in summary.soonest_expiring]
-    listing = f"<h2>Expiring within {summary.within_days} days ({summary.expiring_domains} domains)</h2>" + _table(["days", "domain", "exchange", "address", "notAfter", "subject"], rows, numeric={0})
+    listing = f"<h2>Expiring within {summary.within_days} days: {_count(summary.expiring_domains, 'domain')}</h2>" + _table(["days", "domain", "exchange", "address", "notAfter", "subject"], rows, numeric={0})
     return _section("Certificate expiry", bar_chart(buckets) + listing, section_id="certificates")
 
 
@@ -263,7 +268,7 @@ def render_report(summary: SweepSummary, changes: ChangeDigest | None = None, pr
         f'<meta http-equiv="Content-Security-Policy" content="{policy}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_escape(title)}</title><style>{STYLE}</style></head><body>"
-        f"<header><h1>{_escape(title)}</h1><p>{summary.domains} domains</p>{sweep_time}</header>"
+        f"<header><h1>{_escape(title)}</h1><p>{_count(summary.domains, 'domain')}</p>{sweep_time}</header>"
         f"<main>{''.join(sections)}</main>"
         f"<footer>Written by mxscan {_escape(__version__)}. Reasons are explained in docs/reasons.md of the mxscan sources.</footer>"
         "</body></html>\n"

@@ -246,7 +246,7 @@ def render_table(summary: SweepSummary, top: int = DEFAULT_TOP) -> str:
     lines += _section("Certificate expiry", by_expiry, sum(summary.expiry_buckets.values()), heading="certs")
 
     soonest = summary.soonest_expiring[:top]
-    lines += ["", f"Certificates expiring within {summary.within_days} days: {summary.expiring_domains} domains"]
+    lines += ["", f"Domains with a certificate expiring within {summary.within_days} days: {summary.expiring_domains}"]
     for entry in soonest:
         lines.append(f"  {entry['days_to_expiry']:>4} days  {entry['domain']}  {entry['exchange']} [{entry['address']}]  notAfter {entry['not_after']}")
     return "\n".join(lines) + "\n"
