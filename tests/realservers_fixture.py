@@ -36,8 +36,9 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import dns.message
 import dns.query
@@ -346,18 +347,60 @@ def start_real_servers(log_dir: Path) -> RealServers:
     return servers
 
 
+class SessionShare:
+    """One running instance shared by every definition of a session fixture.
+
+    pytest makes a separate session fixture for each test module or conftest
+    that imports the fixture function, so without this each one would start
+    its own servers on the same ports. The last user to release it stops it.
+    """
+
+    def __init__(self) -> None:
+        self.instance: Any = None
+        self.users = 0
+
+    def acquire(self, start: Callable[[], Any]) -> Any:
+        if self.instance is None:
+            self.instance = start()
+        self.users += 1
+        return self.instance
+
+    def release(self, stop: Callable[[Any], None]) -> None:
+        self.users -= 1
+        if self.users == 0:
+            instance, self.instance = self.instance, None
+            stop(instance)
+
+
+_shared_servers = SessionShare()
+_shared_exim = SessionShare()
+
+
+def _start_servers_with_cleanup(log_dir: Path) -> RealServers:
+    servers = start_real_servers(log_dir)
+    # The session finalizer stops them; atexit covers an interrupted session.
+    atexit.register(servers.stop)
+    return servers
+
+
+def _stop_servers_with_cleanup(servers: RealServers) -> None:
+    try:
+        servers.stop()
+    finally:
+        atexit.unregister(servers.stop)
+
+
 @pytest.fixture(scope="session")
 def real_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealServers]:
     """NSD, Unbound and Postfix for the session; see the module docstring."""
     require_real_servers()
-    servers = start_real_servers(tmp_path_factory.mktemp("realservers-logs"))
-    # The session finalizer stops them; atexit covers an interrupted session.
-    atexit.register(servers.stop)
+    servers = _shared_servers.acquire(
+        lambda: _start_servers_with_cleanup(tmp_path_factory.mktemp("realservers-logs"))
+    )
     try:
         yield servers
     finally:
-        servers.stop()
-        atexit.unregister(servers.stop)
+        _shared_servers.release(_stop_servers_with_cleanup)
 
 
 class RealExim:
@@ -432,9 +475,17 @@ def real_exim(real_servers: RealServers) -> Iterator[RealExim]:
             f"run tests/realservers/exim-unpack.sh {exim_root}"
         )
 
-    exim = RealExim(real_servers, Path(exim_root))
+    def start_exim() -> RealExim:
+        exim = RealExim(real_servers, Path(exim_root))
+        try:
+            exim.start()
+        except BaseException:
+            exim.stop()
+            raise
+        return exim
+
+    exim = _shared_exim.acquire(start_exim)
     try:
-        exim.start()
         yield exim
     finally:
-        exim.stop()
+        _shared_exim.release(RealExim.stop)
