@@ -24,6 +24,20 @@ def world(records: dict, hosts: list[tuple[str, str, object]], behaviours: dict 
     }
 
 
+def host_per_behaviour(behaviours, prefix: str, subnet: str, records: dict | None = None, hosts: list | None = None):
+    """Add one domain and one mail host per behaviour: ``{prefix}{i}.test`` with MX ``mx.{prefix}{i}.test``.
+
+    Returns the records and hosts; host i listens on ``{subnet}.{i + 1}``.
+    """
+    records = dict(records or {})
+    hosts = list(hosts or [])
+    for index, behaviour in enumerate(behaviours):
+        records[f"{prefix}{index}.test"] = {"MX": [f"10 mx.{prefix}{index}.test."]}
+        records[f"mx.{prefix}{index}.test"] = {"A": [f"{subnet}.{index + 1}"]}
+        hosts.append((f"{subnet}.{index + 1}", f"mx.{prefix}{index}.test", behaviour))
+    return records, hosts
+
+
 async def sweep_lab(lab: Lab, domains: list, **settings) -> list[dict]:
     """Sweep ``domains`` against ``lab`` and return the records, parsed, in output order."""
     data = {

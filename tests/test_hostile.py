@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from labkit import FAST_TIMEOUTS, by_domain, first_probe, sweep_lab, world
+from labkit import FAST_TIMEOUTS, by_domain, first_probe, host_per_behaviour, sweep_lab, world
 from playback import Playback
 from scanner.lab.world import Lab
 
@@ -35,12 +35,7 @@ SMTP_CASES = [
 
 
 def hostile_world(cases) -> dict:
-    records, hosts = {}, []
-    for index, (behaviour, *_rest) in enumerate(cases):
-        address = f"127.0.31.{index + 1}"
-        records[f"h{index}.test"] = {"MX": [f"10 mx.h{index}.test."]}
-        records[f"mx.h{index}.test"] = {"A": [address]}
-        hosts.append((address, f"mx.h{index}.test", behaviour))
+    records, hosts = host_per_behaviour([case[0] for case in cases], "h", "127.0.31")
     return world(records, hosts)
 
 

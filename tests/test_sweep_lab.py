@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from labkit import by_domain, first_probe, sweep_lab, world
+from labkit import by_domain, first_probe, host_per_behaviour, sweep_lab, world
 from scanner.lab.world import Lab
 
 RECORDS = {
@@ -41,13 +41,8 @@ SMTP_CASES = [
 
 
 def smtp_world(cases):
-    records = dict(RECORDS)
-    hosts = [("127.0.26.1", "mx1.good.test", "esmtp"), ("127.0.26.2", "mx2.good.test", "multiline_banner")]
-    for index, (behaviour, *_rest) in enumerate(cases):
-        address = f"127.0.27.{index + 1}"
-        records[f"case{index}.test"] = {"MX": [f"10 mx.case{index}.test."]}
-        records[f"mx.case{index}.test"] = {"A": [address]}
-        hosts.append((address, f"mx.case{index}.test", behaviour))
+    good_hosts = [("127.0.26.1", "mx1.good.test", "esmtp"), ("127.0.26.2", "mx2.good.test", "multiline_banner")]
+    records, hosts = host_per_behaviour([case[0] for case in cases], "case", "127.0.27", RECORDS, good_hosts)
     return world(records, hosts, BEHAVIOURS)
 
 
