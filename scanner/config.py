@@ -69,6 +69,64 @@ class PolicySettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class TlsSettings:
+    starttls: bool = dataclasses.field(default=True, metadata={"help": "send STARTTLS when the server advertises it, and record the TLS facts"})
+    timeout: float = dataclasses.field(default=15.0, metadata={"min": 0.01, "max": 600, "help": "seconds for the TLS handshake after the 220 reply to STARTTLS"})
+    ca_file: str = dataclasses.field(
+        default="", metadata={"help": "PEM bundle of trusted roots for the chain check; default: the system trust store"}
+    )
+
+
+# The placeholder in recipient.rcpt_template; the domain's A-label form replaces it.
+RCPT_DOMAIN_PLACEHOLDER = "{domain}"
+
+
+def _check_mailbox(path: str, value: str) -> None:
+    """Reject text that would break the SMTP command it goes into (RFC 5321 section 4.1.2)."""
+    if any(char in value for char in "<> \t\r\n") or not value.isprintable():
+        raise ConfigError(f"{path}: {value!r} must not contain spaces, angle brackets or control characters")
+
+
+@dataclasses.dataclass(frozen=True)
+class RecipientSettings:
+    """The recipient probe: MAIL FROM, RCPT TO, RSET and QUIT for each domain; never DATA."""
+
+    enabled: bool = dataclasses.field(default=False, metadata={"help": "run the recipient probe for each domain"})
+    sender: str = dataclasses.field(default="", metadata={"help": "address sent in MAIL FROM; empty sends the null sender <>"})
+    rcpt_template: str = dataclasses.field(
+        default="postmaster@{domain}", metadata={"help": "address sent in RCPT TO; {domain} becomes the domain probed"}
+    )
+    catch_all: bool = dataclasses.field(default=False, metadata={"help": "send a second RCPT with a random local part to see whether any address is accepted"})
+    per_address_sessions: int = dataclasses.field(default=1, metadata={"min": 1, "max": 100, "help": "recipient sessions open at once to one address"})
+    per_address_rate: float = dataclasses.field(
+        default=1.0, metadata={"min": 0, "max": 1000, "help": "recipient sessions started per second to one address; 0 means no limit"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.sender:
+            _check_mailbox("recipient.sender", self.sender)
+            if "@" not in self.sender:
+                raise ConfigError(f"recipient.sender: {self.sender!r} is not an address; give local@domain, or leave it empty for <>")
+        template = self.rcpt_template
+        _check_mailbox("recipient.rcpt_template", template.replace(RCPT_DOMAIN_PLACEHOLDER, "d"))
+        local_part, at, domain_part = template.rpartition("@")
+        if not at or not local_part or RCPT_DOMAIN_PLACEHOLDER not in domain_part:
+            raise ConfigError(
+                f"recipient.rcpt_template: {template!r} must be local@{RCPT_DOMAIN_PLACEHOLDER}, for example postmaster@{RCPT_DOMAIN_PLACEHOLDER}"
+            )
+
+    def address_for(self, domain: str) -> str:
+        return self.rcpt_template.replace(RCPT_DOMAIN_PLACEHOLDER, domain)
+
+
+@dataclasses.dataclass(frozen=True)
+class TranscriptSettings:
+    enabled: bool = dataclasses.field(default=False, metadata={"help": "keep each session's lines with timestamps in the record"})
+    max_lines: int = dataclasses.field(default=200, metadata={"min": 1, "max": 100_000, "help": "lines kept per session; later lines are counted"})
+    max_chars: int = dataclasses.field(default=32768, metadata={"min": 256, "max": 16 << 20, "help": "characters kept per session, all lines together"})
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     resolvers: tuple[str, ...] = dataclasses.field(
         default=(), metadata={"help": "DNS resolvers as IP or IP:PORT; default: the system resolver"}
@@ -80,6 +138,9 @@ class Settings:
     timeouts: Timeouts = dataclasses.field(default_factory=Timeouts)
     limits: Limits = dataclasses.field(default_factory=Limits)
     policy: PolicySettings = dataclasses.field(default_factory=PolicySettings)
+    tls: TlsSettings = dataclasses.field(default_factory=TlsSettings)
+    recipient: RecipientSettings = dataclasses.field(default_factory=RecipientSettings)
+    transcript: TranscriptSettings = dataclasses.field(default_factory=TranscriptSettings)
 
     @property
     def connection_limit(self) -> int:

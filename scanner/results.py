@@ -44,6 +44,12 @@ class Phase(str, enum.Enum):
     HELO = "helo"
     QUIT = "quit"
     SCANNER = "scanner"
+    STARTTLS = "starttls"  # the STARTTLS command and its reply
+    TLS = "tls"  # the TLS handshake after a 220 reply to STARTTLS
+    MAIL = "mail"
+    RCPT = "rcpt"
+    RSET = "rset"
+    DATA = "data"  # only in ``mxscan check --send``; a sweep never sends DATA
 
 
 class Reason(str, enum.Enum):
@@ -67,6 +73,7 @@ class Reason(str, enum.Enum):
     DNS_REFUSED = "dns_refused"
     DNS_TIMEOUT = "dns_timeout"
     DNS_BAD_RESPONSE = "dns_bad_response"
+    CNAME_LOOP = "cname_loop"
     DNS_FAILURE = "dns_failure"
     NO_ADDRESS = "no_address"
     EXCHANGE_IS_IP_LITERAL = "exchange_is_ip_literal"
@@ -95,6 +102,11 @@ class Reason(str, enum.Enum):
     REPLY_TOO_LONG = "reply_too_long"
     SERVICE_CLOSING = "service_closing"
 
+    # STARTTLS (RFC 3207); recorded in the probe's ``tls.failure``
+    STARTTLS_REFUSED = "starttls_refused"
+    TLS_HANDSHAKE_FAILED = "tls_handshake_failed"
+    TLS_TIMEOUT = "tls_timeout"
+
     # Bug in mxscan: the record carries the exception so the run goes on
     SCANNER_ERROR = "scanner_error"
 
@@ -117,6 +129,29 @@ class Refusal(str, enum.Enum):
 class Greeting(str, enum.Enum):
     EHLO = "ehlo"
     HELO = "helo"
+
+
+class RecipientVerdict(str, enum.Enum):
+    """What the recipient probe learned about one address, from reply codes alone.
+
+    Decided from the reply code and the RFC 3463 enhanced status code, never from
+    the text; a temporary (4xx) refusal is never ``unknown_user``.
+    """
+
+    ACCEPTED = "accepted"  # RCPT got 2xx
+    UNKNOWN_USER = "unknown_user"  # RCPT got 5xx with 5.1.1 (no such mailbox)
+    REJECTED = "rejected"  # RCPT got another permanent refusal without a policy code
+    SENDER_REJECTED = "sender_rejected"  # MAIL FROM got a permanent refusal, e.g. 550 5.1.7
+    AUTH_REQUIRED = "auth_required"  # 530 to MAIL FROM or RCPT (RFC 4954)
+    TEMPORARY = "temporary"  # another 4xx: greylisting, a full disk, a busy server
+    RATE_LIMITED = "rate_limited"  # 421, or a 4xx with 4.5.3 or 4.7.28
+    POLICY_BLOCK = "policy_block"  # 5xx with a 5.7.x security or policy code
+    NO_VERDICT = "no_verdict"  # the session ended before RCPT had a reply; see ``failure``
+
+
+class TranscriptDirection(str, enum.Enum):
+    CLIENT = "C"
+    SERVER = "S"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -145,6 +180,102 @@ class Failure:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class TranscriptLine:
+    """One line of an SMTP session, as sent or received, without its line end.
+
+    ``t_ms`` counts milliseconds from the start of the connection attempt.
+    """
+
+    t_ms: float
+    dir: TranscriptDirection
+    line: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CertificateInfo:
+    """Facts read from the server's leaf certificate; none of them is trusted.
+
+    ``subject`` and ``issuer`` are RFC 4514 strings, ``serial`` is upper-case hex,
+    the dates are ISO 8601 in UTC, ``sha256`` is the fingerprint of the DER form.
+    ``self_signed`` means the issuer equals the subject and the certificate's own
+    key verifies its signature.
+    """
+
+    subject: str
+    san: tuple[str, ...]
+    issuer: str
+    serial: str
+    not_before: str
+    not_after: str
+    days_to_expiry: int
+    key_type: str
+    key_bits: int
+    signature_algorithm: str
+    self_signed: bool
+    sha256: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TlsResult:
+    """STARTTLS with one address, as separate facts.
+
+    Each step has its own field, so a certificate problem never reads as "no
+    STARTTLS": ``offered`` (the EHLO keyword), ``attempted`` (mxscan sent
+    STARTTLS), ``accepted`` (the reply was 220), ``handshake_completed``, then the
+    version, cipher and certificate, whether the chain verifies against the trust
+    store, and whether the certificate names the MX host. ``name_matches`` is null
+    in the cached probe and set per exchange name in the domain's record.
+    ``ehlo`` and ``keywords`` are from the EHLO sent again over TLS.
+    """
+
+    offered: bool
+    attempted: bool
+    starttls: ReplyRecord | None = None
+    accepted: bool = False
+    handshake_completed: bool = False
+    version: str | None = None
+    cipher: str | None = None
+    certificate: CertificateInfo | None = None
+    chain_trusted: bool | None = None
+    chain_error: str | None = None
+    name_matches: bool | None = None
+    ehlo: ReplyRecord | None = None
+    keywords: dict[str, str] | None = None
+    failure: Failure | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RecipientResult:
+    """The recipient probe for one domain on one address: MAIL, RCPT, RSET, QUIT.
+
+    ``mail_from`` and ``rcpt`` hold the replies, ``rcpt_address`` the address
+    tried. With the catch-all check on, ``catch_all_rcpt`` is the reply to a
+    second RCPT with a random local part and ``catch_all`` says whether it was
+    accepted (null when it was not sent or got a temporary refusal). ``tls`` says
+    whether the session ran over TLS. ``data`` and ``data_end`` (the replies to DATA
+    and to the end of the message) are set only by ``mxscan check --send``; a sweep
+    never sends DATA. ``transcript`` is this session's own, kept when transcripts are
+    enabled.
+    """
+
+    rcpt_address: str
+    sender: str
+    verdict: RecipientVerdict
+    mail_from: ReplyRecord | None = None
+    rcpt: ReplyRecord | None = None
+    rset: ReplyRecord | None = None
+    catch_all: bool | None = None
+    catch_all_rcpt: ReplyRecord | None = None
+    catch_all_address: str | None = None
+    tls: bool = False
+    data: ReplyRecord | None = None
+    data_end: ReplyRecord | None = None
+    failure: Failure | None = None
+    transcript: tuple[TranscriptLine, ...] | None = None
+    transcript_dropped: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ProbeResult:
     """The SMTP handshake with one address, phase by phase."""
 
@@ -160,6 +291,9 @@ class ProbeResult:
     quit: ReplyRecord | None = None
     timings_ms: dict[str, float] = dataclasses.field(default_factory=dict)
     failure: Failure | None = None
+    tls: TlsResult | None = None
+    transcript: tuple[TranscriptLine, ...] | None = None
+    transcript_dropped: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -170,6 +304,7 @@ class AddressResult:
     family: str
     probe: ProbeResult | None = None
     skipped: Failure | None = None
+    recipient: RecipientResult | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import hashlib
 import logging
 import sys
 import time
@@ -20,14 +19,17 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .config import Settings, SweepConfig
+from .control import DEFAULT_STOP_GRACE, RunOptions, StopControl
 from .dns.mx import Exchange, MxPlan, implicit_plan, plan_from_mx
 from .dns.resolver import DnsLookupError, Resolver
 from .errors import ConfigError, failure_from_exception
 from .inputs import Entry, iter_entries
+from .keyset import DigestSet
 from .outcome import domain_status
 from .policy import build_policy
 from .output import LineWriter, Summary
-from .probe.prober import Prober, skipped
+from .probe.prober import Prober, for_exchange, skipped
+from .shard import Shard, entry_key, key_digest
 from .results import (
     AddressResult,
     DomainResult,
@@ -72,55 +74,130 @@ class Sweep:
 
     # The pipeline
 
-    async def run(self, entries: Iterable[Entry], writer: LineWriter) -> Summary:
+    async def run(
+        self,
+        entries: Iterable[Entry],
+        writer: LineWriter,
+        *,
+        stop: StopControl | None = None,
+        stop_grace: float = DEFAULT_STOP_GRACE,
+        done: DigestSet | None = None,
+        shard: Shard | None = None,
+    ) -> Summary:
+        """Sweep ``entries`` and write one line per domain to ``writer``.
+
+        Entries whose key is in ``done`` (from ``--resume``) or that belong to another
+        ``shard`` are skipped. When ``stop.requested`` is set, no new domain starts,
+        and the domains in flight get ``stop_grace`` seconds (none once
+        ``stop.immediate`` is set) before they are abandoned without a line. Every line
+        written before that is complete and flushed.
+        """
+        stop = stop or StopControl()
+        self._in_flight = 0
         concurrency = self.settings.concurrency
         pending: asyncio.Queue = asyncio.Queue(maxsize=concurrency * 2)
         finished: asyncio.Queue = asyncio.Queue(maxsize=concurrency * 2)
 
         log.info("sweep started: concurrency %d, resolvers %s", concurrency, ", ".join(self.settings.resolvers) or "system")
-        workers = [asyncio.create_task(self._work(pending, finished)) for _ in range(concurrency)]
+        workers = [asyncio.create_task(self._work(pending, finished, stop)) for _ in range(concurrency)]
         writing = asyncio.create_task(self._write(finished, writer))
+        feeding = asyncio.create_task(self._feed(entries, pending, done, shard))
+        stopping = asyncio.create_task(stop.requested.wait())
         try:
-            await self._feed(entries, pending)
-            for _ in workers:
-                await pending.put(_DONE)
-            await asyncio.gather(*workers)
+            await asyncio.wait({feeding, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if feeding.done():
+                feeding.result()
+                for _ in workers:
+                    await pending.put(_DONE)
+            else:
+                await self._drain_for_stop(feeding, pending, len(workers))
+            await self._await_workers(workers, stop, stop_grace)
             await finished.put(_DONE)
             await writing
         finally:
-            for task in (*workers, writing):
+            for task in (feeding, stopping, *workers, writing):
                 task.cancel()
-        log.info("sweep finished: %d domains in %.1f s", self.summary.domains, self.summary.elapsed)
+            writer.flush()
+        if stop.signal_name is not None:
+            self.summary.stopped_by = stop.signal_name
+        log.info("sweep %s: %d domains in %.1f s", "stopped" if self.summary.stopped_by else "finished", self.summary.domains, self.summary.elapsed)
         return self.summary
 
-    async def _feed(self, entries: Iterable[Entry], pending: asyncio.Queue) -> None:
-        # 8-byte digests of the names seen: a set of small ints costs far less than
-        # the names themselves over millions of entries, and a collision (odds about
+    @staticmethod
+    async def _drain_for_stop(feeding: asyncio.Task, pending: asyncio.Queue, workers: int) -> None:
+        # Stop intake: no entry waiting in the queue starts, and each worker gets its
+        # end marker without waiting for room. The queue holds twice as many items
+        # as there are workers, so the markers always fit once it is drained.
+        feeding.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feeding
+        while not pending.empty():
+            pending.get_nowait()
+        for _ in range(workers):
+            pending.put_nowait(_DONE)
+
+    async def _await_workers(self, workers: list[asyncio.Task], stop: StopControl, grace: float) -> None:
+        all_done = asyncio.gather(*workers)
+        stopping = asyncio.create_task(stop.requested.wait())
+        immediate = asyncio.create_task(stop.immediate.wait())
+        try:
+            await asyncio.wait({all_done, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not all_done.done():
+                log.info("waiting up to %.0f s for %d domains in flight", grace, self._in_flight)
+                await asyncio.wait({all_done, immediate}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+            if not all_done.done():
+                self.summary.abandoned += self._in_flight
+                log.warning("abandoned %d domains in flight; --resume sweeps them again", self._in_flight)
+                for task in workers:
+                    task.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
+            else:
+                all_done.result()
+        finally:
+            stopping.cancel()
+            immediate.cancel()
+            all_done.cancel()
+
+    async def _feed(self, entries: Iterable[Entry], pending: asyncio.Queue, done: DigestSet | None = None, shard: Shard | None = None) -> None:
+        # 64-bit digests of the keys seen, in a compact set: a collision (odds about
         # n^2 / 2^65) would only drop one entry as a duplicate.
-        seen: set[bytes] = set()
+        seen = DigestSet()
         for entry in entries:
+            digest = key_digest(entry_key(entry))
+            if shard is not None and not shard.owns_digest(digest):
+                continue
+            if done is not None and digest in done:
+                self.summary.resumed += 1
+                continue
             if entry.name is not None:
-                digest = hashlib.blake2b(entry.name.encode(), digest_size=8).digest()
-                if digest in seen:
+                if not seen.add(digest):
                     self.summary.duplicates += 1
                     log.debug("duplicate entry %r (%s) skipped", entry.given, entry.source)
                     continue
-                seen.add(digest)
             await pending.put(entry)
 
-    async def _work(self, pending: asyncio.Queue, finished: asyncio.Queue) -> None:
+    async def _work(self, pending: asyncio.Queue, finished: asyncio.Queue, stop: StopControl | None = None) -> None:
         while True:
             entry = await pending.get()
             if entry is _DONE:
                 return
-            await finished.put(await self.scan_domain(entry))
+            if stop is not None and stop.requested.is_set():
+                continue
+            self._in_flight += 1
+            try:
+                result = await self.scan_domain(entry)
+            finally:
+                self._in_flight -= 1
+            await finished.put(result)
 
     async def _write(self, finished: asyncio.Queue, writer: LineWriter) -> None:
         while True:
             result = await finished.get()
             if result is _DONE:
                 return
-            writer.write(result)
+            # Flush when no other line is waiting: each line still reaches the file
+            # at once when the sweep is slow, and in batches when it is fast.
+            writer.write(result, flush=finished.empty())
             self.summary.add(result)
 
     # One domain
@@ -176,11 +253,11 @@ class Sweep:
 
         if plan.left_out:
             log.info("%s: %d MX records beyond the cap of %d left out", name, plan.left_out, self.settings.limits.max_exchanges)
-        exchanges = await asyncio.gather(*(self._exchange(exchange) for exchange in plan.exchanges))
+        exchanges = await asyncio.gather(*(self._exchange(exchange, name) for exchange in plan.exchanges))
         status, failure = domain_status(tuple(exchanges))
         return record(status, failure, plan, exchanges)
 
-    async def _exchange(self, exchange: Exchange) -> ExchangeResult:
+    async def _exchange(self, exchange: Exchange, domain: str) -> ExchangeResult:
         if exchange.ip_literal:
             failure = Failure(Phase.DNS, Reason.EXCHANGE_IS_IP_LITERAL, f"MX target {exchange.name} is an IP address, not a host name (RFC 5321 section 5.1)")
             return ExchangeResult(exchange.name, exchange.preference, failure=failure)
@@ -195,17 +272,22 @@ class Sweep:
         families = [("ipv4", answer.ipv4[:cap]), ("ipv6", answer.ipv6[:cap])]
         left_out = max(0, len(answer.ipv4) - cap) + max(0, len(answer.ipv6) - cap)
         addresses = [(family, address) for family, found in families for address in found]
-        results = await asyncio.gather(*(self._address(family, address) for family, address in addresses))
+        results = await asyncio.gather(*(self._address(domain, exchange.name, family, address) for family, address in addresses))
         return ExchangeResult(exchange.name, exchange.preference, tuple(results), addresses_left_out=left_out)
 
-    async def _address(self, family: str, address: str) -> AddressResult:
+    async def _address(self, domain: str, exchange_name: str, family: str, address: str) -> AddressResult:
         if family == "ipv6" and not self.settings.smtp.ipv6:
             return AddressResult(address, family, skipped=skipped(Reason.IPV6_DISABLED, "IPv6 probing is off (smtp.ipv6)"))
         refusal = self.policy.check(address)
         if refusal is not None:
             log.debug("%s not probed: %s", address, refusal.message)
             return AddressResult(address, family, skipped=refusal)
-        return AddressResult(address, family, probe=await self.prober.probe(address))
+        probe = for_exchange(await self.prober.probe(address, exchange_name), exchange_name)
+        recipient = None
+        if self.settings.recipient.enabled and probe.completed:
+            use_tls = probe.tls is not None and probe.tls.handshake_completed
+            recipient = await self.prober.recipient(address, domain, exchange_name, use_tls)
+        return AddressResult(address, family, probe=probe, recipient=recipient)
 
 
 async def sweep_to(config: SweepConfig, settings: Settings, output: Path | None) -> Summary:

@@ -1,10 +1,13 @@
 """The one place where mxscan opens, reads, writes and closes SMTP connections.
 
 ``ProbeConnection`` wraps aiosmtplib's protocol class: aiosmtplib keeps its command
-lock, its write path (which rejects control characters in commands) and its STARTTLS
-upgrade, while the reply framing is replaced by ``scanner.smtp.reply.ReplyReader`` so
-that line and reply caps, bare LF and blank lines behave as the rest of mxscan
-expects.
+lock and its write path (which rejects control characters in commands), while the
+reply framing is replaced by ``scanner.smtp.reply.ReplyReader`` so that line and reply
+caps, bare LF and blank lines behave as the rest of mxscan expects.
+
+STARTTLS is split in two steps, unlike aiosmtplib's ``start_tls``: the command and its
+reply (``command``), then the handshake (``start_tls``) with its own deadline, so the
+record can tell a refused STARTTLS from a failed or slow handshake.
 
 Every wait has a deadline that mxscan sets itself. aiosmtplib's own timeout covers
 one read, so a server that drips a byte at a time can keep a session alive for as
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import time
 
 from aiosmtplib.protocol import SMTPProtocol
@@ -24,6 +28,7 @@ from aiosmtplib.protocol import SMTPProtocol
 from ..errors import ConnectionClosed, HostDeadline, PhaseTimeout
 from ..results import Phase
 from ..smtp.reply import Reply, ReplyError, ReplyReader
+from .transcript import Transcript
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +36,12 @@ log = logging.getLogger(__name__)
 class ProbeProtocol(SMTPProtocol):
     """aiosmtplib's protocol with mxscan's bounded reply framing."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, max_line_bytes: int, max_reply_bytes: int) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, max_line_bytes: int, max_reply_bytes: int, transcript: Transcript | None = None
+    ) -> None:
         super().__init__(loop=loop)
-        self.reader = ReplyReader(max_line_bytes=max_line_bytes, max_reply_bytes=max_reply_bytes)
+        on_line = transcript.server if transcript is not None else None
+        self.reader = ReplyReader(max_line_bytes=max_line_bytes, max_reply_bytes=max_reply_bytes, on_line=on_line)
 
     def data_received(self, data: bytes) -> None:
         waiter = self._response_waiter
@@ -77,11 +85,20 @@ class ProbeConnection:
     closes it on any exit, cancellation included.
     """
 
-    def __init__(self, protocol: ProbeProtocol, transport: asyncio.Transport, host_deadline_at: float, host_seconds: float) -> None:
+    def __init__(
+        self,
+        protocol: ProbeProtocol,
+        transport: asyncio.Transport,
+        host_deadline_at: float,
+        host_seconds: float,
+        transcript: Transcript | None = None,
+    ) -> None:
         self.protocol = protocol
         self.transport = transport
         self.host_deadline_at = host_deadline_at
         self.host_seconds = host_seconds
+        self.transcript = transcript
+        self.ssl_object: ssl.SSLObject | None = None
 
     @classmethod
     async def open(
@@ -95,22 +112,82 @@ class ProbeConnection:
         max_line_bytes: int,
         max_reply_bytes: int,
         source_address: str | None = None,
+        transcript: Transcript | None = None,
     ) -> "ProbeConnection":
         loop = asyncio.get_running_loop()
-        protocol = ProbeProtocol(loop, max_line_bytes, max_reply_bytes)
+        protocol = ProbeProtocol(loop, max_line_bytes, max_reply_bytes, transcript)
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         local_addr = (source_address, 0) if source_address else None
         connect = loop.create_connection(lambda: protocol, host=address, port=port, family=family, local_addr=local_addr)
         transport, _ = await run_within(connect, Phase.CONNECT, connect_timeout, host_deadline_at, host_seconds)
-        return cls(protocol, transport, host_deadline_at, host_seconds)
+        return cls(protocol, transport, host_deadline_at, host_seconds, transcript)
 
     async def read_reply(self, phase: Phase, seconds: float) -> Reply:
         return await run_within(self.protocol.read_response(), phase, seconds, self.host_deadline_at, self.host_seconds)
 
     async def command(self, phase: Phase, seconds: float, *args: bytes) -> Reply:
+        if self.transcript is not None:
+            self.transcript.client(b" ".join(args))
         return await run_within(
             self.protocol.execute_command(*args), phase, seconds, self.host_deadline_at, self.host_seconds
         )
+
+    async def send_message(self, seconds: float, message: bytes) -> Reply:
+        """Send a message body after a 354 reply to DATA and return the final reply.
+
+        The body is dot-stuffed and ended with CRLF.CRLF (RFC 5321 section 4.5.2).
+        Only ``mxscan check --send`` calls this; a sweep never sends DATA.
+        """
+        lines = message.replace(b"\r\n", b"\n").split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        stuffed = [b"." + line if line.startswith(b".") else line for line in lines]
+        if self.transcript is not None:
+            for line in stuffed:
+                self.transcript.client(line)
+            self.transcript.client(b".")
+        payload = b"".join(line + b"\r\n" for line in stuffed) + b".\r\n"
+        protocol = self.protocol
+        assert protocol._command_lock is not None
+
+        async def exchange() -> Reply:
+            async with protocol._command_lock:
+                protocol._response_pending = True
+                protocol.write(payload)
+                return await protocol.read_response()
+
+        return await run_within(exchange(), Phase.DATA, seconds, self.host_deadline_at, self.host_seconds)
+
+    async def start_tls(self, context: ssl.SSLContext, server_hostname: str | None, seconds: float) -> ssl.SSLObject:
+        """Run the TLS handshake on this connection, after the server's 220 to STARTTLS.
+
+        The phase deadline is mxscan's own; the event loop's ``ssl_handshake_timeout``
+        is set a little later as a backstop only. On any error the connection is
+        closed by the event loop and cannot be used again. Returns the SSL object,
+        which gives the negotiated version, cipher and the server's certificates.
+        """
+        loop = asyncio.get_running_loop()
+        # RFC 3207 section 4.2: nothing the server sent before the handshake may be
+        # taken as part of the TLS session.
+        self.protocol.reader.clear()
+        upgrade = loop.start_tls(
+            self.transport,
+            self.protocol,
+            context,
+            server_side=False,
+            server_hostname=server_hostname,
+            ssl_handshake_timeout=seconds + _HANDSHAKE_BACKSTOP_SECONDS,
+        )
+        tls_transport = await run_within(upgrade, Phase.TLS, seconds, self.host_deadline_at, self.host_seconds)
+        self.transport = tls_transport
+        # aiosmtplib's protocol writes through its own transport attribute.
+        self.protocol.transport = tls_transport
+        self.protocol._over_ssl = True
+        ssl_object = tls_transport.get_extra_info("ssl_object")
+        if ssl_object is None:
+            raise RuntimeError("the event loop's TLS transport has no ssl_object")
+        self.ssl_object = ssl_object
+        return ssl_object
 
     def close(self) -> None:
         self.transport.close()
@@ -126,6 +203,11 @@ class ProbeConnection:
             self.close()
         else:
             self.abort()
+
+
+# How long after mxscan's own TLS deadline the event loop's handshake timeout fires;
+# it only matters if mxscan's deadline somehow did not end the handshake.
+_HANDSHAKE_BACKSTOP_SECONDS = 5.0
 
 
 async def run_within(awaitable, phase: Phase, seconds: float, host_deadline_at: float, host_seconds: float):

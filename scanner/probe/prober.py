@@ -1,170 +1,131 @@
-"""The probe stage: one bounded SMTP handshake per address, at most once per sweep.
+"""The probe stage: sessions scheduled under the sweep's limits.
 
-The handshake is banner, EHLO (HELO when EHLO is refused), QUIT. ``scanner.smtp.handshake``
-decides what each reply means and what comes next; this module performs the steps on a
-``ProbeConnection`` and turns whatever goes wrong into a ``Failure`` through the one
-table in ``scanner.errors``.
+``Prober.probe`` runs the address probe (banner, EHLO or HELO, STARTTLS when
+advertised, QUIT) at most once per address and sweep, and shares the result among
+all domains whose MX hosts have that address. ``Prober.recipient`` runs the recipient
+probe, one session per domain and address, under a per-address concurrency and rate
+limit. Every session also takes one of the sweep's connection slots.
+``scanner.probe.session`` performs the steps; whatever goes wrong becomes a
+``Failure`` through the one table in ``scanner.errors``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import time
+import secrets
 
 from ..config import Settings
 from ..errors import failure_from_exception
-from ..results import Failure, Greeting, Phase, ProbeResult, Reason, ReplyRecord
-from ..smtp.handshake import Step, after_banner, after_ehlo, after_helo
-from ..smtp.reply import Reply, parse_ehlo_keywords
-from .connection import ProbeConnection, elapsed_ms
+from ..results import Failure, Phase, ProbeResult, Reason, RecipientResult, RecipientVerdict
+from ..tls import TrustStore, client_context, name_matches
+from .limits import AddressLimiter
+from .session import RecipientPlan, SessionPlan, SessionResult, SessionRunner, reply_record
 
 log = logging.getLogger(__name__)
 
+__all__ = ["Prober", "RecipientPlan", "SessionPlan", "SessionResult", "catch_all_address", "for_exchange", "reply_record", "skipped"]
 
-def reply_record(reply: Reply | None) -> ReplyRecord | None:
-    if reply is None:
-        return None
-    return ReplyRecord(code=reply.code, enhanced=reply.enhanced, text=reply.text)
+# Length of the random local part of the catch-all address, in hex digits: 48 bits,
+# so no real mailbox has that name by chance.
+_CATCH_ALL_HEX_DIGITS = 12
 
 
-class _Session:
-    """What one handshake has seen so far; becomes a ``ProbeResult`` at the end."""
-
-    def __init__(self, address: str, port: int) -> None:
-        self.address = address
-        self.port = port
-        self.phase = Phase.CONNECT
-        self.connected = False
-        self.banner: Reply | None = None
-        self.ehlo: Reply | None = None
-        self.helo: Reply | None = None
-        self.quit: Reply | None = None
-        self.greeting: Greeting | None = None
-        self.failure: Failure | None = None
-        self.timings: dict[str, float] = {}
-        self._phase_started = time.perf_counter()
-
-    def begin(self, phase: Phase) -> None:
-        self.phase = phase
-        self._phase_started = time.perf_counter()
-
-    def end(self) -> None:
-        self.timings[self.phase.value] = elapsed_ms(self._phase_started)
-
-    def result(self, started: float) -> ProbeResult:
-        self.timings["total"] = elapsed_ms(started)
-        keywords = parse_ehlo_keywords(self.ehlo) if self.greeting is Greeting.EHLO and self.ehlo else None
-        return ProbeResult(
-            address=self.address,
-            port=self.port,
-            connected=self.connected,
-            completed=self.greeting is not None and self.failure is None,
-            banner=reply_record(self.banner),
-            greeting=self.greeting,
-            ehlo=reply_record(self.ehlo),
-            helo=reply_record(self.helo),
-            keywords=keywords,
-            quit=reply_record(self.quit),
-            timings_ms=self.timings,
-            failure=self.failure,
-        )
+def catch_all_address(domain: str) -> str:
+    """Return an address at ``domain`` that no one has: a random local part."""
+    return f"mxscan-{secrets.token_hex(_CATCH_ALL_HEX_DIGITS // 2)}@{domain}"
 
 
 class Prober:
-    """Runs handshakes with a bound on open connections and a per-sweep cache by address."""
+    """Runs sessions with a bound on open connections and a per-sweep cache by address."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, trust_store: TrustStore | None = None) -> None:
         self.settings = settings
-        self._ehlo_name = settings.ehlo_name.encode("ascii", "strict")
+        if trust_store is None and settings.tls.starttls:
+            trust_store = TrustStore.load(settings.tls.ca_file)
+        self.runner = SessionRunner(settings, client_context(), trust_store)
         self._slots = asyncio.Semaphore(settings.connection_limit)
+        recipient = settings.recipient
+        self._recipient_limiter = AddressLimiter(recipient.per_address_sessions, recipient.per_address_rate)
         self._cache: dict[str, asyncio.Future[ProbeResult]] = {}
         self.connections = 0
 
-    def probe(self, address: str) -> "asyncio.Future[ProbeResult]":
-        """Return the probe of ``address``, starting it unless another domain already has."""
+    def probe(self, address: str, hostname: str | None = None) -> "asyncio.Future[ProbeResult]":
+        """Return the probe of ``address``, starting it unless another domain already has.
+
+        ``hostname`` (an MX name of the address) is sent as TLS SNI by the probe that
+        starts; a cached probe keeps the name it started with.
+        """
         future = self._cache.get(address)
         if future is None:
-            future = asyncio.ensure_future(self._probe_guarded(address))
+            plan = SessionPlan(starttls=self.settings.tls.starttls, tls_hostname=hostname)
+            future = asyncio.ensure_future(self._probe_guarded(address, plan))
             self._cache[address] = future
         return asyncio.shield(future)
 
-    async def _probe_guarded(self, address: str) -> ProbeResult:
+    async def _probe_guarded(self, address: str, plan: SessionPlan) -> ProbeResult:
         async with self._slots:
             self.connections += 1
             try:
-                return await self.handshake(address)
+                return (await self.runner.run(address, plan)).probe
             except Exception as exc:  # a bug must become this address's record, not a dead sweep
                 log.exception("probe of %s failed inside mxscan", address)
                 failure = failure_from_exception(exc, Phase.SCANNER)
                 return ProbeResult(address=address, port=self.settings.smtp.port, connected=False, completed=False, failure=failure)
 
-    async def handshake(self, address: str) -> ProbeResult:
-        settings = self.settings
-        timeouts = settings.timeouts
-        loop = asyncio.get_running_loop()
-        started = time.perf_counter()
-        host_deadline_at = loop.time() + timeouts.host
-        session = _Session(address, settings.smtp.port)
+    async def recipient(self, address: str, domain: str, hostname: str | None, use_tls: bool) -> RecipientResult:
+        """Run the recipient probe for ``domain`` on ``address``: MAIL, RCPT, RSET, QUIT.
 
-        try:
-            session.begin(Phase.CONNECT)
-            connection = await ProbeConnection.open(
-                address,
-                settings.smtp.port,
-                connect_timeout=timeouts.connect,
-                host_deadline_at=host_deadline_at,
-                host_seconds=timeouts.host,
-                max_line_bytes=settings.limits.max_line_bytes,
-                max_reply_bytes=settings.limits.max_reply_bytes,
-                source_address=settings.smtp.source_address or None,
-            )
-            session.end()
-            session.connected = True
-            async with connection:
-                await self._converse(connection, session)
-        except Exception as exc:
-            session.end()
-            if session.failure is None:
-                session.failure = failure_from_exception(exc, session.phase)
-            log.debug("probe %s: %s in %s: %s", address, session.failure.reason.value, session.phase.value, exc)
+        ``use_tls`` asks for STARTTLS first, as a sending MTA would when the address
+        probe's handshake completed. The plan carries no message, so no DATA is sent.
+        """
+        settings = self.settings.recipient
+        plan = SessionPlan(
+            starttls=use_tls,
+            tls_hostname=hostname,
+            certificate_facts=False,
+            recipient=RecipientPlan(
+                rcpt_address=settings.address_for(domain),
+                sender=settings.sender,
+                catch_all_address=catch_all_address(domain) if settings.catch_all else None,
+            ),
+        )
+        async with self._recipient_limiter.slot(address):
+            async with self._slots:
+                self.connections += 1
+                try:
+                    result = await self.runner.run(address, plan)
+                except Exception as exc:  # a bug must become this domain's record, not a dead sweep
+                    log.exception("recipient probe of %s on %s failed inside mxscan", domain, address)
+                    return RecipientResult(
+                        rcpt_address=plan.recipient.rcpt_address,
+                        sender=plan.recipient.sender,
+                        verdict=RecipientVerdict.NO_VERDICT,
+                        failure=failure_from_exception(exc, Phase.SCANNER),
+                    )
+        assert result.recipient is not None
+        return result.recipient
 
-        return session.result(started)
-
-    async def _converse(self, connection: ProbeConnection, session: _Session) -> None:
-        timeouts = self.settings.timeouts
-
-        session.begin(Phase.BANNER)
-        session.banner = await connection.read_reply(Phase.BANNER, timeouts.banner)
-        session.end()
-        decision = after_banner(session.banner)
-
-        if decision.step is Step.EHLO:
-            session.begin(Phase.EHLO)
-            session.ehlo = await connection.command(Phase.EHLO, timeouts.reply, b"EHLO", self._ehlo_name)
-            session.end()
-            decision = after_ehlo(session.ehlo)
-
-        if decision.step is Step.HELO:
-            session.begin(Phase.HELO)
-            session.helo = await connection.command(Phase.HELO, timeouts.reply, b"HELO", self._ehlo_name)
-            session.end()
-            decision = after_helo(session.helo)
-
-        session.failure = decision.failure
-        session.greeting = decision.greeting
-        if decision.step is Step.QUIT:
-            await self._quit(connection, session)
-
-    async def _quit(self, connection: ProbeConnection, session: _Session) -> None:
-        """Send QUIT and wait briefly for the reply; nothing here can fail the address."""
-        session.begin(Phase.QUIT)
-        try:
-            session.quit = await connection.command(Phase.QUIT, self.settings.timeouts.quit, b"QUIT")
-        except Exception as exc:
-            log.debug("probe %s: no reply to QUIT: %s", session.address, exc)
-        session.end()
+    async def session(self, address: str, plan: SessionPlan) -> SessionResult:
+        """Run one session with ``plan`` outside the cache, as ``mxscan check`` does."""
+        async with self._slots:
+            self.connections += 1
+            return await self.runner.run(address, plan)
 
 
 def skipped(reason: Reason, message: str) -> Failure:
     return Failure(phase=Phase.POLICY, reason=reason, message=message)
+
+
+def for_exchange(probe: ProbeResult, exchange_name: str) -> ProbeResult:
+    """Return the cached probe of an address as seen from one of its MX names.
+
+    The probe is shared by every MX name with that address, so whether the
+    certificate names the host is decided here, per exchange name.
+    """
+    tls = probe.tls
+    if tls is None or tls.certificate is None:
+        return probe
+    matches = name_matches(tls.certificate, exchange_name)
+    return dataclasses.replace(probe, tls=dataclasses.replace(tls, name_matches=matches))
