@@ -302,12 +302,16 @@ def tls_failure(exc: BaseException, phase: Phase) -> Failure:
     """
     if isinstance(exc, HostDeadline) or phase is not Phase.TLS:
         return failure_from_exception(exc, phase)
-    if isinstance(exc, (PhaseTimeout, TimeoutError)):
-        return Failure(phase=phase, reason=Reason.TLS_TIMEOUT, message=str(exc) or "TLS handshake timed out")
+    if isinstance(exc, PhaseTimeout):
+        return Failure(phase=phase, reason=Reason.TLS_TIMEOUT, message=f"TLS handshake timed out after {exc.seconds:g} s")
+    if isinstance(exc, TimeoutError):
+        return Failure(phase=phase, reason=Reason.TLS_TIMEOUT, message="TLS handshake timed out")
     if isinstance(exc, ssl.SSLError):
-        reason = exc.reason or type(exc).__name__
-        library = f"{exc.library}: " if exc.library else ""
-        message = f"TLS handshake failed: {library}{reason}"
+        # OpenSSL errors carry library and reason (for example SSL, WRONG_VERSION_NUMBER);
+        # an SSLError made elsewhere may have neither.
+        reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+        library = getattr(exc, "library", None)
+        message = f"TLS handshake failed: {library}: {reason}" if library else f"TLS handshake failed: {reason}"
     elif isinstance(exc, OSError) and exc.errno:
         message = f"TLS handshake failed: {exc.strerror or exc}"
     else:
