@@ -17,7 +17,10 @@ import uvloop
 
 from . import __version__
 from .config import load_config, with_overrides
+from .control import DEFAULT_STOP_GRACE, RunOptions
 from .errors import ConfigError
+from .progress import DEFAULT_LOG_INTERVAL, ProgressMode
+from .shard import Shard
 from .ops.cli import HANDLERS as OPS_HANDLERS, add_commands as add_ops_commands
 from .sweep import sweep_to
 
@@ -43,6 +46,40 @@ def _add_scan_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--host-deadline", type=float, metavar="SECONDS", help="seconds for the whole session with one address (default 90)")
     group.add_argument("--dns-timeout", type=float, metavar="SECONDS", help="seconds to wait for one DNS answer (default 5)")
     group.add_argument("--dns-retries", type=int, metavar="N", help="extra DNS tries after a timeout (default 2)")
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("this run (resume, shards, progress, stopping)")
+    group.add_argument("--resume", action="store_true", help="continue a stopped sweep: skip the domains already in the -o file, repair a torn last line, and append")
+    group.add_argument("--shard", metavar="K/N", help="sweep only shard K of N (0 <= K < N), chosen by a hash of each name; the N shards together cover the list once")
+    group.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto", help="progress on stderr: a bar redrawn in place, a line every --progress-interval seconds, or none (default auto: a bar on a terminal, lines otherwise)")
+    group.add_argument("--progress-interval", type=float, default=DEFAULT_LOG_INTERVAL, metavar="SECONDS", help=f"seconds between progress lines when stderr is not a terminal (default {DEFAULT_LOG_INTERVAL:.0f})")
+    group.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress, log output or summary on stderr, only errors")
+    group.add_argument("--stop-grace", type=float, default=DEFAULT_STOP_GRACE, metavar="SECONDS", help=f"after SIGINT or SIGTERM, seconds that domains in flight get to finish before they are abandoned (default {DEFAULT_STOP_GRACE:.0f})")
+    group.add_argument("--connection-rate", type=float, default=0.0, metavar="PER_SECOND", help="new SMTP connections started per second over the whole sweep (default 0: no limit)")
+
+
+def _run_options(args: argparse.Namespace) -> RunOptions:
+    if args.progress_interval <= 0:
+        raise ConfigError(f"--progress-interval: expected a positive number of seconds, got {args.progress_interval}")
+    if args.stop_grace < 0:
+        raise ConfigError(f"--stop-grace: expected zero or more seconds, got {args.stop_grace}")
+    if args.connection_rate < 0:
+        raise ConfigError(f"--connection-rate: expected zero (no limit) or more connections per second, got {args.connection_rate}")
+    if args.quiet or args.progress == "none":
+        progress = ProgressMode.NONE
+    elif args.progress == "auto":
+        progress = ProgressMode.BAR if sys.stderr.isatty() else ProgressMode.LINES
+    else:
+        progress = ProgressMode(args.progress)
+    return RunOptions(
+        resume=args.resume,
+        shard=Shard.parse(args.shard) if args.shard else None,
+        progress=progress,
+        progress_interval=args.progress_interval,
+        stop_grace=args.stop_grace,
+        connection_rate=args.connection_rate,
+    )
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -74,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("config", type=Path, metavar="CONFIG.yaml", help="configuration file with 'domains' and/or 'domains_file' and settings")
     scan.add_argument("-o", "--output", type=Path, metavar="OUT.jsonl", help="write the JSON lines to this file instead of standard output")
     _add_scan_options(scan)
+    _add_run_options(scan)
 
     demo = commands.add_parser("demo", help="start the built-in lab on loopback and sweep the demo domains", description="Start a simulated mail internet on loopback (a DNS authority and SMTP servers with scripted behaviours), sweep configs/demo.yaml against it, and print the JSON lines. Needs no network.")
     demo.add_argument("-o", "--output", type=Path, metavar="OUT.jsonl", help="write the JSON lines to this file instead of standard output")
@@ -95,10 +133,12 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 def _command_scan(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     settings = with_overrides(config.settings, _overrides(args))
-    summary = uvloop.run(sweep_to(config, settings, args.output))
+    options = _run_options(args)
+    summary = uvloop.run(sweep_to(config, settings, args.output, options))
     if not args.quiet:
         print(summary.render(), file=sys.stderr)
-    return EXIT_OK
+    # A sweep stopped by a signal did not cover its list: --resume finishes it.
+    return EXIT_FAILURE if summary.stopped_by else EXIT_OK
 
 
 def _command_defaults(args: argparse.Namespace) -> int:

@@ -21,16 +21,25 @@ def encode_line(result: DomainResult) -> bytes:
 
 
 class LineWriter:
-    """Writes one whole line per record and flushes it, so ``tail -f`` and jq see it at once."""
+    """Writes one whole line per record, in one call, and flushes on request.
+
+    A line goes to the stream in a single ``write``, so a stop by signal never leaves
+    half a line. Only a kill or a crash between two writes of the operating system can
+    tear the last line, and ``--resume`` repairs that.
+    """
 
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
         self.lines = 0
 
-    def write(self, result: DomainResult) -> None:
+    def write(self, result: DomainResult, flush: bool = True) -> None:
         self._stream.write(encode_line(result))
-        self._stream.flush()
         self.lines += 1
+        if flush:
+            self._stream.flush()
+
+    def flush(self) -> None:
+        self._stream.flush()
 
 
 @dataclasses.dataclass
@@ -42,6 +51,12 @@ class Summary:
     duplicates: int = 0
     statuses: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     reasons: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    # Entries skipped because an earlier run's output already holds them (--resume).
+    resumed: int = 0
+    # Domains in flight when a stop abandoned them; they have no line.
+    abandoned: int = 0
+    # The signal that stopped the sweep early, or None when it went through the list.
+    stopped_by: str | None = None
 
     def add(self, result: DomainResult) -> None:
         self.domains += 1
@@ -57,6 +72,10 @@ class Summary:
         elapsed = self.elapsed
         rate = self.domains / elapsed if elapsed > 0 else 0.0
         lines = [f"mxscan: {self.domains} domains in {elapsed:.1f} s ({rate:.1f} domains/s)"]
+        if self.stopped_by:
+            lines.append(f"  stopped by {self.stopped_by}: {self.abandoned} domains in flight abandoned; run again with --resume to finish")
+        if self.resumed:
+            lines.append(f"  already in the output (--resume): {self.resumed}")
         if self.duplicates:
             lines.append(f"  duplicate entries skipped: {self.duplicates}")
         lines.append("  by status:")

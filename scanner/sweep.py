@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import logging
 import sys
@@ -25,10 +26,14 @@ from .dns.resolver import DnsLookupError, Resolver
 from .errors import ConfigError, failure_from_exception
 from .inputs import Entry, iter_entries
 from .keyset import DigestSet
+from .limits import cap_connections, raise_open_files_limit
 from .outcome import domain_status
 from .policy import build_policy
 from .output import LineWriter, Summary
+from .pacing import ConnectionPacer, PacedRunner
+from .progress import Progress, ProgressMode, count_lines
 from .probe.prober import Prober, for_exchange, skipped
+from .resume import prepare_resume
 from .shard import Shard, entry_key, key_digest
 from .results import (
     AddressResult,
@@ -166,14 +171,13 @@ class Sweep:
             digest = key_digest(entry_key(entry))
             if shard is not None and not shard.owns_digest(digest):
                 continue
+            if entry.name is not None and not seen.add(digest):
+                self.summary.duplicates += 1
+                log.debug("duplicate entry %r (%s) skipped", entry.given, entry.source)
+                continue
             if done is not None and digest in done:
                 self.summary.resumed += 1
                 continue
-            if entry.name is not None:
-                if not seen.add(digest):
-                    self.summary.duplicates += 1
-                    log.debug("duplicate entry %r (%s) skipped", entry.given, entry.source)
-                    continue
             await pending.put(entry)
 
     async def _work(self, pending: asyncio.Queue, finished: asyncio.Queue, stop: StopControl | None = None) -> None:
@@ -290,18 +294,69 @@ class Sweep:
         return AddressResult(address, family, probe=probe, recipient=recipient)
 
 
-async def sweep_to(config: SweepConfig, settings: Settings, output: Path | None) -> Summary:
-    """Sweep ``config``'s domains with ``settings``, writing lines to ``output`` or stdout."""
+async def sweep_to(config: SweepConfig, settings: Settings, output: Path | None, options: RunOptions | None = None) -> Summary:
+    """Sweep ``config``'s domains with ``settings``, writing lines to ``output`` or stdout.
+
+    SIGINT and SIGTERM stop the sweep as ``Sweep.run`` describes; the summary's
+    ``stopped_by`` then names the signal. With ``options.resume``, lines are appended
+    to ``output`` and the domains it already holds are skipped.
+    """
+    options = options or RunOptions()
+    settings = _fit_open_files_limit(settings)
+    done = None
+    if options.resume:
+        if output is None:
+            raise ConfigError("--resume needs -o/--output: it continues the sweep written to that file")
+        done = prepare_resume(output).done
+
     with contextlib.ExitStack() as stack:
         if output is None:
             stream = sys.stdout.buffer
         else:
             try:
-                stream = stack.enter_context(output.open("wb"))
+                stream = stack.enter_context(output.open("ab" if options.resume else "wb"))
             except OSError as exc:
                 raise ConfigError(f"cannot open output file {output}: {exc.strerror}") from None
         sweep = Sweep(settings)
+        if options.connection_rate > 0:
+            sweep.prober.runner = PacedRunner(sweep.prober.runner, ConnectionPacer(options.connection_rate))
+        total = _estimate_total(config, options, len(done) if done is not None else 0)
+        progress = Progress(sweep.summary, options.progress, sys.stderr, total=total, interval=options.progress_interval)
+        stop = StopControl()
+        stop.install()
         try:
-            return await sweep.run(iter_entries(config.domains, config.domains_file), LineWriter(stream))
+            async with progress:
+                return await sweep.run(
+                    iter_entries(config.domains, config.domains_file),
+                    LineWriter(stream),
+                    stop=stop,
+                    stop_grace=options.stop_grace,
+                    done=done,
+                    shard=options.shard,
+                )
         finally:
+            stop.remove()
             await sweep.close()
+
+
+def _fit_open_files_limit(settings: Settings) -> Settings:
+    limit = raise_open_files_limit()
+    connections = cap_connections(settings.connection_limit, limit)
+    if connections == settings.connection_limit:
+        return settings
+    return dataclasses.replace(settings, max_connections=connections)
+
+
+def _estimate_total(config: SweepConfig, options: RunOptions, already_done: int) -> int | None:
+    """Estimate the domains this run will sweep, for the progress display's ETA."""
+    if options.progress is ProgressMode.NONE:
+        return None
+    total = len(config.domains)
+    if config.domains_file is not None:
+        try:
+            total += count_lines(config.domains_file)
+        except OSError:
+            return None
+    if options.shard is not None:
+        total //= options.shard.count
+    return max(total - already_done, 0)
