@@ -118,6 +118,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("defaults", help="print every setting with its default as a commented YAML file", description="Print every configuration setting with its default value, unit and range, as YAML to start a configuration file from.")
     add_ops_commands(commands)
+
+    check = commands.add_parser(
+        "check",
+        help="run the manual mail-server test for one domain and explain it",
+        description="Look up DOMAIN's MX records, then run the manual test against each mail host (banner, EHLO, STARTTLS, MAIL FROM, RCPT TO, RSET, QUIT), show each session line by line, and explain each failure. Never sends DATA unless --send is given. Exit status: 0 when a mail host completed the handshake, 1 otherwise, 2 for a usage error.",
+    )
+    check.add_argument("domain", metavar="DOMAIN", help="the mail domain to test, for example example.test")
+    check.add_argument("--rcpt", metavar="ADDRESS", help="recipient sent in RCPT TO (default postmaster@DOMAIN)")
+    check.add_argument("--sender", metavar="ADDRESS", help="sender sent in MAIL FROM (default: the null sender <>)")
+    check.add_argument("--catch-all", action="store_true", help="also send RCPT TO a random address, to see whether the server accepts any address")
+    check.add_argument("--no-starttls", action="store_true", help="do not send STARTTLS, even when the server offers it")
+    check.add_argument("--tls-timeout", type=float, metavar="SECONDS", help="seconds for the TLS handshake (default 15)")
+    check.add_argument("--ca-file", metavar="PEM", help="trust the CAs in this PEM bundle instead of the system trust store")
+    check.add_argument("--json", action="store_true", help="print the record as one JSON line, as a sweep writes it, instead of the explanation")
+    check.add_argument("--color", choices=("auto", "always", "never"), default="auto", help="colour the explanation: auto colours only on a terminal and when NO_COLOR is unset (default auto)")
+    message = check.add_argument_group("test message (sent only with --send)")
+    message.add_argument("--send", action="store_true", help="send a test message through the first host that accepts --rcpt: DATA, the message, then the server's final reply; needs --sender and --rcpt")
+    message.add_argument("--subject", default="mxscan test message", help="Subject of the test message (default: %(default)s)")
+    message.add_argument("--body", default="This is a test message sent by mxscan check.", help="body of the test message")
+    _add_scan_options(check)
     return parser
 
 
@@ -148,6 +168,38 @@ def _command_defaults(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _command_check(args: argparse.Namespace) -> int:
+    import os
+
+    from .check import CheckOptions, Painter, CheckMessage, exit_status, render, run_check
+    from .config import Settings
+    from .output import encode_line
+
+    overrides = _overrides(args)
+    overrides.update({
+        "tls.starttls": False if args.no_starttls else None,
+        "tls.timeout": args.tls_timeout,
+        "tls.ca_file": args.ca_file,
+    })
+    settings = with_overrides(Settings(), overrides)
+
+    test_message = None
+    if args.send:
+        if not args.sender or not args.rcpt:
+            raise ConfigError("--send needs --sender and --rcpt, so that the test message goes from and to addresses you chose")
+        test_message = CheckMessage(sender=args.sender, recipient=args.rcpt, subject=args.subject, body=args.body)
+    options = CheckOptions(rcpt=args.rcpt or "", sender=args.sender or "", catch_all=args.catch_all, message=test_message)
+
+    result = uvloop.run(run_check(args.domain, settings, options))
+    if args.json:
+        sys.stdout.buffer.write(encode_line(result))
+    else:
+        colour = args.color == "always" or (args.color == "auto" and sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
+        sys.stdout.write(render(result, Painter(colour), settings.resolvers))
+    sys.stdout.flush()
+    return exit_status(result)
+
+
 def _command_demo(args: argparse.Namespace) -> int:
     from .lab.demo import run_demo
 
@@ -167,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
 
-    handlers = {"scan": _command_scan, "demo": _command_demo, "defaults": _command_defaults, **OPS_HANDLERS}
+    handlers = {"scan": _command_scan, "demo": _command_demo, "defaults": _command_defaults, "check": _command_check, **OPS_HANDLERS}
     try:
         return handlers[args.command](args)
     except ConfigError as exc:
