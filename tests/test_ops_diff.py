@@ -305,7 +305,7 @@ def test_rules_starttls_worst_host_counts():
 
 
 def test_rules_starttls_from_tls_key_alone():
-    # A record whose keywords lack STARTTLS but whose tls object says it was offered.
+    # A record whose keywords lack STARTTLS but whose tls object has offered: true.
     tls = {"offered": True, "attempted": False}
     assert kinds(facts(probes=[probe(tls=tls)]), facts(probes=[probe()])) == ["starttls_lost"]
 

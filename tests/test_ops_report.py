@@ -1,10 +1,10 @@
 """mxscan report: the HTML page opened in headless Chromium, with every network request logged.
 
-Chromium is driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``:
-the browser reads commands on fd 3 and writes replies and events on fd 4, each
-message a JSON object ended by a NUL byte), so the test opens no port. The Network
-domain reports every request the page makes, including file: URLs, which is how the
-test proves that the report fetches nothing.
+Chromium is driven over the DevTools protocol on a pipe, so the test opens no port.
+With ``--remote-debugging-pipe`` the browser reads commands on fd 3 and writes replies
+and events on fd 4, each message a JSON object ended by a NUL byte. The Network domain
+reports every request the page makes, including file: URLs, which is how the test
+proves that the report fetches nothing.
 
 The screenshot stays in the test's tmp dir; set MXSCAN_TEST_ARTIFACTS to a folder to
 get a copy there.

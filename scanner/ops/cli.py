@@ -19,14 +19,15 @@ import collections
 import contextlib
 import json
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from .diff import DEFAULT_EXPIRY_DAYS, ChangeType, SweepDiff, parse_change_types
-from .records import RecordsError
+from .diff import ChangeType, SweepDiff, parse_change_types
+from .records import DEFAULT_EXPIRY_DAYS, RecordsError
 from .report import digest_changes, render_report
 from .summary import DEFAULT_PROVIDER_LABELS, DEFAULT_TOP, render_json, render_prometheus, render_table, summarize
 
@@ -93,11 +94,15 @@ def _positive(text: str) -> int:
 
 def _metric_label(text: str) -> tuple[str, str]:
     name, equals, value = text.partition("=")
-    if not equals or not name or not (name[0].isalpha() or name[0] == "_") or not all(c.isalnum() or c == "_" for c in name) or not name.isascii():
+    if not equals or not _LABEL_NAME.fullmatch(name):
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE with a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*), got {text!r}")
     if name.startswith("__"):
         raise argparse.ArgumentTypeError(f"label names starting with __ are reserved by Prometheus: {name!r}")
     return name, value
+
+
+# Label names that the Prometheus data model allows.
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
 def _add_counting_options(parser: argparse.ArgumentParser) -> None:
@@ -118,7 +123,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     diff.add_argument("new", metavar="NEW.jsonl", help="the later sweep")
     diff.add_argument("-o", "--output", type=Path, metavar="CHANGES.jsonl", help="write the changes to this file instead of standard output")
     diff.add_argument("--fail-on", type=_change_types, default=None, metavar="TYPES", help="comma-separated change types that make the exit status 1 (default: all)")
-    diff.add_argument("--only", type=_change_types, default=None, metavar="TYPES", help="comma-separated change types to write (default: all)")
+    diff.add_argument("--only", type=_change_types, default=None, metavar="TYPES", help="comma-separated change types to write (default: all); changes not written do not count for --fail-on")
     diff.add_argument("--expiry-days", type=_days, default=DEFAULT_EXPIRY_DAYS, metavar="N", help=f"report a certificate when it comes within N days of expiry (default {DEFAULT_EXPIRY_DAYS})")
     diff.add_argument("--temp-dir", metavar="DIR", help="folder for the sorted runs of large files (default: the system temporary folder)")
 

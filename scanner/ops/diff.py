@@ -5,8 +5,8 @@ a sorted merge-join, so memory does not grow with the number of domains. The cha
 types form a closed set, ``ChangeType``; docs/schema.md describes each one and the
 shape of its line.
 
-``compare_facts`` holds the rules and does no I/O: it takes the facts of one domain in
-the old and the new sweep and returns the changes.
+``compare_facts`` contains the rules and does no I/O. It takes the facts of one domain
+in the old and the new sweep and returns the changes.
 """
 
 from __future__ import annotations
@@ -19,14 +19,11 @@ from typing import Any
 
 from ..results import Status
 from .ondisk import DEFAULT_RUN_LENGTH, SortedFacts
-from .records import StartTls, domain_starttls, domain_tls_version, expiring_certificates, tls_version_rank
-
-# "Next week", with a week of margin to renew before the alert turns urgent.
-DEFAULT_EXPIRY_DAYS = 14
+from .records import DEFAULT_EXPIRY_DAYS, StartTls, domain_starttls, domain_tls_version, expiring_certificates, tls_version_rank
 
 
 class ChangeType(str, enum.Enum):
-    """What changed for one domain between two sweeps; a closed set."""
+    """Kind of change of one domain between two sweeps; a closed set."""
 
     DOMAIN_ADDED = "domain_added"  # only in the new sweep
     DOMAIN_REMOVED = "domain_removed"  # only in the old sweep

@@ -1,11 +1,11 @@
 """Read sweep output files and reduce each record to the facts that diff, summary and report use.
 
 A sweep writes one JSON object per line (see ``scanner.results``). The operations
-commands read those files line by line, never whole, and turn each record into a
-small plain dict of facts (``facts_from_record``): status and reason, the MX set, the
-addresses of each exchange, and, per probed address, the banner, STARTTLS and TLS
-facts. The facts are plain JSON values, so the diff can write them to disk to sort
-them and read them back unchanged.
+commands read those files line by line, never whole. ``facts_from_record`` turns each
+record into a small dict of facts: status and reason, the MX set, the addresses of
+each exchange, and the banner, STARTTLS and TLS facts of each probed address. The
+facts are plain JSON values, so the diff can write them to disk to sort them and read
+them back unchanged.
 
 TLS facts come from ``exchanges[].addresses[].probe.tls`` when the record has it. A
 record without that key (written before STARTTLS was probed) is read as if it were
@@ -26,9 +26,9 @@ from typing import Any, BinaryIO
 
 from ..results import Reason
 
-# Reasons for an exchange's address lookup that say the resolver had trouble; the
-# exchange's addresses are then unknown rather than empty, so they are not compared.
-DNS_TROUBLE = frozenset({
+# Reasons of a failed address lookup that come from the resolver, not from the zone.
+# The exchange's addresses are then unknown rather than empty, so they are not compared.
+RESOLVER_FAILURES = frozenset({
     Reason.SERVFAIL.value,
     Reason.DNS_REFUSED.value,
     Reason.DNS_TIMEOUT.value,
@@ -38,6 +38,15 @@ DNS_TROUBLE = frozenset({
 
 # TLS protocol versions as Python's ssl module names them, oldest first.
 TLS_VERSIONS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+
+# Days before expiry from which a certificate counts as expiring: "next week", with a
+# week of margin to renew before the alert turns urgent.
+DEFAULT_EXPIRY_DAYS = 14
+
+# Labels of domain_tls_label when no TLS version is known.
+TLS_LABEL_NOT_OFFERED = "no STARTTLS"
+TLS_LABEL_FAILED = "STARTTLS failed"
+TLS_LABEL_NOT_TESTED = "STARTTLS offered, not tested"
 
 
 class StartTls(enum.IntEnum):
@@ -207,7 +216,7 @@ def facts_from_record(record: dict[str, Any]) -> dict[str, Any]:
         name = exchange.get("name")
         mx.append([exchange.get("preference"), name])
         failure = exchange.get("failure") or {}
-        if failure.get("reason") in DNS_TROUBLE:
+        if failure.get("reason") in RESOLVER_FAILURES:
             exchanges[name] = None
             continue
         addresses = exchange.get("addresses") or []
@@ -270,10 +279,10 @@ def domain_tls_label(facts: dict[str, Any]) -> str | None:
         if host["tls_version"]:
             return host["tls_version"]
         if host["starttls"] == StartTls.NOT_OFFERED:
-            return "no STARTTLS"
+            return TLS_LABEL_NOT_OFFERED
         if host["starttls"] == StartTls.FAILED:
-            return "STARTTLS failed"
-        return "STARTTLS offered, not tested"
+            return TLS_LABEL_FAILED
+        return TLS_LABEL_NOT_TESTED
     return None
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from .. import __version__
 from ..results import Status
 from .diff import ChangeType, SweepDiff
-from .records import tls_version_rank
+from .records import TLS_LABEL_FAILED, TLS_LABEL_NOT_OFFERED, tls_version_rank
 from .summary import EXPIRY_BUCKETS, SweepSummary
 
 # Changes listed in the table; the chart counts all of them. Thousands of rows make a
@@ -188,7 +188,7 @@ def _tls_tone(label: str) -> str:
     rank = tls_version_rank(label)
     if rank is not None:
         return "good" if rank >= tls_version_rank("TLSv1.2") else "bad"
-    return "bad" if label in ("no STARTTLS", "STARTTLS failed") else "neutral"
+    return "bad" if label in (TLS_LABEL_NOT_OFFERED, TLS_LABEL_FAILED) else "neutral"
 
 
 def _overview(summary: SweepSummary, changes: ChangeDigest | None) -> str:

@@ -1,8 +1,8 @@
 """Count one sweep's results and render the counts as a table, JSON or Prometheus metrics.
 
-``summarize`` reads the file once, line by line. Memory grows with the number of
-distinct MX providers and statuses, not with the number of domains, except for the
-provider counter (see the NOTE in ``SweepSummary.add``).
+``summarize`` reads the file once, line by line. Memory does not grow with the number
+of domains, except through the counters of distinct providers and tags (see the NOTE
+in ``SweepSummary.add``).
 
 The Prometheus form is the text exposition format (version 0.0.4) that the
 node_exporter textfile collector reads from ``*.prom`` files.
@@ -21,9 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..results import Reason, Status
-from .records import domain_tls_label, expiring_certificates, facts_from_record, parse_time, read_records
-
-DEFAULT_EXPIRY_DAYS = 14
+from .records import DEFAULT_EXPIRY_DAYS, domain_tls_label, expiring_certificates, facts_from_record, parse_time, read_records
 DEFAULT_TOP = 10
 # The soonest-expiring certificates kept for listing; the count covers all of them.
 MAX_LISTED_CERTIFICATES = 50
@@ -39,11 +37,13 @@ def provider_of(exchange: str, labels: int = DEFAULT_PROVIDER_LABELS) -> str:
     for such sweeps. The Public Suffix List would fix it, at the cost of a dependency.
     """
     name = exchange.rstrip(".").lower()
-    try:
-        ipaddress.ip_address(name)
-        return name  # an IP address given as MX target (a misconfiguration) is its own provider
-    except ValueError:
-        pass
+    # An IP address given as MX target (a misconfiguration) is its own provider. No
+    # top-level domain is all digits, so only such names need the slower parse.
+    if ":" in name or name.rsplit(".", 1)[-1].isdigit():
+        try:
+            return str(ipaddress.ip_address(name))
+        except ValueError:
+            pass
     return ".".join(name.split(".")[-labels:])
 
 
@@ -76,9 +76,9 @@ class SweepSummary:
             self.tags[tag] += 1
         self._add_time(facts)
 
-        # NOTE: one counter entry per distinct provider. A sweep of millions of
-        # self-hosted domains keeps millions of short strings here (an estimate:
-        # about 100 bytes each).
+        # NOTE: one counter entry per distinct provider (and tag). A sweep of millions
+        # of self-hosted domains keeps millions of short strings here, at an estimated
+        # 100 bytes each.
         if facts["mx_source"] == "mx":
             for provider in {provider_of(name, self.provider_labels) for _preference, name in facts["mx"] if name}:
                 self.providers[provider] += 1
