@@ -335,3 +335,20 @@ def test_tls_settings_validated():
         config_from_dict({"domains": [], "tls": {"timeout": 0}})
     with pytest.raises(ConfigError, match="tls.starttls"):
         config_from_dict({"domains": [], "tls": {"starttls": "yes"}})
+
+
+def test_transcript_capped(run, record_schema):
+    # 500 filler keywords make an EHLO reply of about 500 lines, twice (before and over TLS).
+    cases = [("chatty", "valid", {"behaviour": "esmtp", "ehlo_filler_lines": 500})]
+
+    async def scenario():
+        async with tls_lab(cases) as (lab, ca_file):
+            return await sweep_lab(lab, ["chatty.tls.test"], tls={"ca_file": ca_file}, transcript={"enabled": True, "max_lines": 50})
+
+    [record] = run(scenario())
+    record_schema.validate(record)
+    probe = first_probe(record)
+    assert len(probe["transcript"]) == 50
+    assert probe["transcript_dropped"] > 900
+    assert probe["transcript"][0]["line"].startswith("220 ")
+    assert probe["tls"]["handshake_completed"] is True
