@@ -132,7 +132,7 @@ class Greeting(str, enum.Enum):
 
 
 class RecipientVerdict(str, enum.Enum):
-    """What the recipient probe learned about one address, from reply codes alone.
+    """Verdict of the recipient probe on one address, from reply codes alone.
 
     Decided from the reply code and the RFC 3463 enhanced status code, never from
     the text; a temporary (4xx) refusal is never ``unknown_user``.
@@ -250,8 +250,8 @@ class RecipientResult:
 
     ``mail_from`` and ``rcpt`` hold the replies, ``rcpt_address`` the address
     tried. With the catch-all check on, ``catch_all_rcpt`` is the reply to a
-    second RCPT with a random local part and ``catch_all`` says whether it was
-    accepted (null when it was not sent or got a temporary refusal). ``tls`` says
+    second RCPT with a random local part and ``catch_all`` records whether it was
+    accepted (null when it was not sent or got a temporary refusal). ``tls`` records
     whether the session ran over TLS. ``data`` and ``data_end`` (the replies to DATA
     and to the end of the message) are set only by ``mxscan check --send``; a sweep
     never sends DATA. ``transcript`` is this session's own, kept when transcripts are

@@ -10,7 +10,7 @@ bytes the server sent:
 - ``TrustStore.verify`` checks the chain against the system trust store, or against
   the CA bundle named by ``tls.ca_file``, with ``cryptography``'s X.509 verifier;
 - ``name_matches`` checks a host name against the certificate's subject alternative
-  names, so that each MX name on a shared address gets its own answer.
+  names, so that each MX name on a shared address gets its own result.
 
 Nothing here opens a socket; ``TrustStore.load`` reads the CA bundle from disk once.
 """
@@ -37,8 +37,8 @@ from .results import CertificateInfo, Failure, Phase, Reason
 
 log = logging.getLogger(__name__)
 
-# OpenSSL 3 refuses servers without RFC 5746 secure renegotiation unless this option
-# is set; ssl.OP_LEGACY_SERVER_CONNECT exists only from Python 3.12, so the value
+# OpenSSL 3 rejects servers without RFC 5746 secure renegotiation unless this option
+# is set. ssl.OP_LEGACY_SERVER_CONNECT exists only from Python 3.12, so the value
 # comes from OpenSSL's ssl.h (SSL_OP_LEGACY_SERVER_CONNECT).
 _OP_LEGACY_SERVER_CONNECT = getattr(ssl, "OP_LEGACY_SERVER_CONNECT", 0x4)
 
@@ -150,7 +150,7 @@ def certificate_info(der: bytes, now: datetime.datetime) -> CertificateInfo:
         days_to_expiry=math.floor((not_after - now).total_seconds() / 86400),
         key_type=key_type,
         key_bits=key_bits,
-        # cryptography names the OIDs it knows (``_name``); others keep the dotted form.
+        # cryptography names the OIDs it recognises (``_name``). Others keep the dotted form.
         signature_algorithm=getattr(oid, "_name", None) or oid.dotted_string,
         self_signed=_is_self_signed(certificate),
         sha256=hashlib.sha256(der).hexdigest(),
@@ -201,7 +201,7 @@ def _load_pem_bundle(data: bytes, source: Path) -> list[x509.Certificate]:
 
 
 def _clean_verification_error(text: str) -> str:
-    # cryptography appends the certificate's repr, which is long and says nothing more.
+    # cryptography appends the certificate's repr, which is long and adds nothing.
     text = text.split(" (encountered processing", 1)[0]
     return text.removeprefix("validation failed: ")
 
@@ -209,8 +209,8 @@ def _clean_verification_error(text: str) -> str:
 class TrustStore:
     """Root certificates that a chain must lead to, read once from a PEM bundle.
 
-    An empty store (no bundle found) answers every question with None: mxscan then
-    does not claim that a chain is trusted or untrusted.
+    An empty store (no bundle found) returns None for every chain, so mxscan does not
+    claim that a chain is trusted or untrusted.
     """
 
     def __init__(self, certificates: list[x509.Certificate], source: str) -> None:
@@ -221,7 +221,7 @@ class TrustStore:
     def load(cls, ca_file: str = "") -> "TrustStore":
         """Read ``ca_file``, or the system bundle that OpenSSL uses when it is empty.
 
-        Raises ``ConfigError`` when a ``ca_file`` that was given cannot be read or holds
+        Raises ``ConfigError`` when a ``ca_file`` that was given cannot be read or contains
         no certificate.
         """
         if ca_file:
@@ -232,7 +232,7 @@ class TrustStore:
                 raise ConfigError(f"tls.ca_file: cannot read {path}: {exc.strerror}") from None
             certificates = _load_pem_bundle(data, path)
             if not certificates:
-                raise ConfigError(f"tls.ca_file: {path} holds no PEM certificate")
+                raise ConfigError(f"tls.ca_file: no PEM certificate found in {path}; give a bundle of CA certificates in PEM form")
             return cls(certificates, str(path))
 
         paths = ssl.get_default_verify_paths()

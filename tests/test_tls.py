@@ -315,7 +315,7 @@ def test_trust_store_ca_file_errors(tmp_path):
         TrustStore.load(str(tmp_path / "missing.pem"))
     empty = tmp_path / "empty.pem"
     empty.write_text("no certificates here\n")
-    with pytest.raises(ConfigError, match="no PEM certificate"):
+    with pytest.raises(ConfigError, match="no PEM certificate found"):
         TrustStore.load(str(empty))
 
 

@@ -1,7 +1,7 @@
 """Per-address limits for recipient sessions: how many at once, and how often.
 
 The address probe runs once per address and sweep, but the recipient probe needs one
-session per domain, because RCPT answers depend on the domain. A provider that hosts
+session per domain, because RCPT replies depend on the domain. A provider that hosts
 thousands of swept domains would otherwise see thousands of sessions in a burst, so
 each address gets its own concurrency limit and a minimum interval between session
 starts. The state of an address is dropped once it is idle and its interval has
@@ -27,7 +27,7 @@ class _AddressState:
 class AddressLimiter:
     """At most ``sessions`` sessions open per address, started at most ``rate`` per second.
 
-    A ``rate`` of 0 means no rate limit. Waiting here holds no global connection slot,
+    A ``rate`` of 0 means no rate limit. Waiting here takes no global connection slot,
     so a slow provider does not stall the sessions to other addresses.
     """
 

@@ -54,8 +54,8 @@ class Prober:
     def probe(self, address: str, hostname: str | None = None) -> "asyncio.Future[ProbeResult]":
         """Return the probe of ``address``, starting it unless another domain already has.
 
-        ``hostname`` (an MX name of the address) is sent as TLS SNI by the probe that
-        starts; a cached probe keeps the name it started with.
+        The probe that starts sends ``hostname`` (an MX name of the address) as TLS SNI.
+        A cached probe keeps the name it started with.
         """
         future = self._cache.get(address)
         if future is None:
@@ -77,7 +77,7 @@ class Prober:
     async def recipient(self, address: str, domain: str, hostname: str | None, use_tls: bool) -> RecipientResult:
         """Run the recipient probe for ``domain`` on ``address``: MAIL, RCPT, RSET, QUIT.
 
-        ``use_tls`` asks for STARTTLS first, as a sending MTA would when the address
+        ``use_tls`` requests STARTTLS first, as a sending MTA would when the address
         probe's handshake completed. The plan carries no message, so no DATA is sent.
         """
         settings = self.settings.recipient

@@ -1,7 +1,7 @@
 """One SMTP session with one address: the steps, performed on a ``ProbeConnection``.
 
 A session always runs banner, EHLO (HELO when EHLO is refused) and ends with QUIT.
-Between them, as its ``SessionPlan`` asks, it runs STARTTLS with the TLS handshake
+Between them, as its ``SessionPlan`` requests, it runs STARTTLS with the TLS handshake
 and EHLO again over TLS, then the recipient steps: MAIL FROM, RCPT TO (twice with the
 catch-all check), RSET. Only a plan made by ``mxscan check --send`` carries a message,
 and only then does the session send DATA.
@@ -59,8 +59,8 @@ class RecipientPlan:
 class SessionPlan:
     """What one session does beyond banner, EHLO and QUIT.
 
-    ``tls_hostname`` is sent as SNI. ``certificate_facts`` asks for the certificate's
-    facts and chain check after the handshake; recipient sessions leave them to the
+    ``tls_hostname`` is sent as SNI. ``certificate_facts`` requests the certificate's
+    facts and chain check after the handshake. Recipient sessions leave them to the
     address's probe.
     """
 
@@ -112,7 +112,7 @@ class _RecipientState:
 
 
 class _Session:
-    """What one session has seen so far; becomes a ``SessionResult`` at the end."""
+    """State of one session so far, turned into a ``SessionResult`` at the end."""
 
     def __init__(self, address: str, port: int, transcript: Transcript | None) -> None:
         self.address = address

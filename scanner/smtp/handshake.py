@@ -2,7 +2,7 @@
 
 The probe runs: banner, EHLO, HELO when EHLO is refused, STARTTLS when the server
 advertises it (then EHLO again over TLS), then QUIT. The recipient probe adds MAIL
-FROM, RCPT TO and RSET before QUIT. This module holds the decisions only: it takes a
+FROM, RCPT TO and RSET before QUIT. This module contains the decisions only: it takes a
 reply and returns the next step and, when the address has failed, the failure to
 record, or the recipient verdict. ``scanner.probe`` performs the steps.
 
@@ -139,7 +139,7 @@ def after_tls_ehlo(reply: Reply) -> Decision:
 
 _RATE_LIMIT_ENHANCED = {"4.5.3"}
 
-# RFC 3461 section 4.1: the NOTIFY parameter asks for a delivery status notification.
+# RFC 3461 section 4.1: the NOTIFY parameter requests delivery status notifications.
 NOTIFY_PARAMETER = b"NOTIFY=SUCCESS,FAILURE"
 
 
@@ -174,7 +174,7 @@ def verdict_after_rcpt(reply: Reply) -> RecipientVerdict:
 
 
 def verdict_after_banner(reply: Reply) -> RecipientVerdict | None:
-    """A recipient session refused at the banner: 421 there is a connection rate limit."""
+    """Return the verdict of a banner in a recipient session: 421 there is a connection rate limit."""
     if reply.code == 421:
         return RecipientVerdict.RATE_LIMITED
     return None
@@ -197,5 +197,5 @@ def rcpt_parameters(keywords: dict[str, str] | None) -> tuple[bytes, ...]:
 
 
 def closes_session(reply: Reply) -> bool:
-    """A 421 reply means the server is closing the channel (RFC 5321 section 3.8)."""
+    """Check for 421, which means the server is closing the channel (RFC 5321 section 3.8)."""
     return reply.code == 421
