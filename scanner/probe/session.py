@@ -18,8 +18,10 @@ import asyncio
 import dataclasses
 import datetime
 import logging
+import ssl
 import time
 
+from ..config import Settings
 from ..errors import failure_from_exception
 from ..results import (
     Failure,
@@ -30,6 +32,7 @@ from ..results import (
     RecipientVerdict,
     ReplyRecord,
     TlsResult,
+    TranscriptLine,
 )
 from ..smtp import handshake
 from ..smtp.handshake import Step
@@ -161,7 +164,7 @@ class _Session:
 class SessionRunner:
     """Runs sessions with the sweep's settings; shared by all sessions of a sweep."""
 
-    def __init__(self, settings, tls_context, trust_store: TrustStore | None) -> None:
+    def __init__(self, settings: Settings, tls_context: ssl.SSLContext, trust_store: TrustStore | None) -> None:
         self.settings = settings
         self.tls_context = tls_context
         self.trust_store = trust_store
@@ -385,7 +388,7 @@ class SessionRunner:
             failure=tls.failure,
         )
 
-    def _recipient_result(self, session: _Session, plan: RecipientPlan, transcript) -> RecipientResult:
+    def _recipient_result(self, session: _Session, plan: RecipientPlan, transcript: tuple[TranscriptLine, ...] | None) -> RecipientResult:
         state = session.recipient
         verdict = state.verdict
         failure = state.failure
