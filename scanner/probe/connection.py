@@ -1,9 +1,9 @@
 """The one place where mxscan opens, reads, writes and closes SMTP connections.
 
-``ProbeConnection`` wraps aiosmtplib's protocol class: aiosmtplib keeps its command
-lock and its write path (which rejects control characters in commands), while the
-reply framing is replaced by ``scanner.smtp.reply.ReplyReader`` so that line and reply
-caps, bare LF and blank lines behave as the rest of mxscan expects.
+``ProbeConnection`` wraps aiosmtplib's protocol class. aiosmtplib keeps its command
+lock and its write path, which rejects control characters in commands. The reply
+framing is replaced by ``scanner.smtp.reply.ReplyReader``, so that line and reply caps,
+bare LF and blank lines behave as the rest of mxscan expects.
 
 STARTTLS is split in two steps, unlike aiosmtplib's ``start_tls``: the command and its
 reply (``command``), then the handshake (``start_tls``) with its own deadline, so the
