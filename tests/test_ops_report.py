@@ -175,7 +175,7 @@ class DevTools:
     def requested_urls(self) -> list[str]:
         return [event["params"]["request"]["url"] for event in self.events if event["method"] == "Network.requestWillBeSent"]
 
-    def blocked_urls(self) -> dict[str, str]:
+    def blocked_requests(self) -> dict[str, str]:
         """Map request ids of failed requests to Chromium's blocked reason (csp, ...)."""
         return {event["params"]["requestId"]: event["params"].get("blockedReason") for event in self.events if event["method"] == "Network.loadingFailed"}
 
@@ -270,7 +270,7 @@ def test_report_policy_blocks_fetches(browser, report_page, tmp_path):
     browser.open(tampered.as_uri())
 
     fetches = [event for event in browser.events if event["method"] == "Network.requestWillBeSent" and "127.0.0.1" in event["params"]["request"]["url"]]
-    blocked = browser.blocked_urls()
+    blocked = browser.blocked_requests()
     for event in fetches:
         assert blocked.get(event["params"]["requestId"]) == "csp"
     assert any("Content Security Policy" in message for message in browser.log_messages())
