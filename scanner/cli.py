@@ -82,6 +82,27 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
     )
 
 
+# Settings that command-line options override, with the option's name for messages.
+FLAG_NAMES = {
+    "resolvers": "--resolver",
+    "concurrency": "--concurrency",
+    "max_connections": "--max-connections",
+    "smtp.port": "--port",
+    "smtp.ehlo_name": "--ehlo-name",
+    "smtp.ipv6": "--ipv6",
+    "policy.allow_private": "--allow-private",
+    "timeouts.connect": "--connect-timeout",
+    "timeouts.banner": "--banner-timeout",
+    "timeouts.reply": "--reply-timeout",
+    "timeouts.host": "--host-deadline",
+    "dns.timeout": "--dns-timeout",
+    "dns.retries": "--dns-retries",
+    "tls.starttls": "--no-starttls",
+    "tls.timeout": "--tls-timeout",
+    "tls.ca_file": "--ca-file",
+}
+
+
 def _overrides(args: argparse.Namespace) -> dict:
     return {
         "resolvers": args.resolver,
@@ -152,7 +173,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 def _command_scan(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    settings = with_overrides(config.settings, _overrides(args))
+    settings = with_overrides(config.settings, _overrides(args), FLAG_NAMES)
     options = _run_options(args)
     summary = uvloop.run(sweep_to(config, settings, args.output, options))
     if not args.quiet:
@@ -181,7 +202,7 @@ def _command_check(args: argparse.Namespace) -> int:
         "tls.timeout": args.tls_timeout,
         "tls.ca_file": args.ca_file,
     })
-    settings = with_overrides(Settings(), overrides)
+    settings = with_overrides(Settings(), overrides, FLAG_NAMES)
 
     test_message = None
     if args.send:

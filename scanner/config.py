@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import math
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -33,10 +35,10 @@ class DnsSettings:
 class SmtpSettings:
     port: int = dataclasses.field(default=DEFAULT_PORT, metadata={"min": 1, "max": 65535, "help": "TCP port of every mail host"})
     ehlo_name: str = dataclasses.field(
-        default="", metadata={"help": "the scanner's own host name, sent in EHLO and HELO; default: this machine's host name"}
+        default="", metadata={"check": "host_name", "help": "the scanner's own host name, sent in EHLO and HELO; default: this machine's host name"}
     )
     ipv6: bool = dataclasses.field(default=False, metadata={"help": "probe IPv6 addresses too"})
-    source_address: str = dataclasses.field(default="", metadata={"help": "local address to connect from; default: any"})
+    source_address: str = dataclasses.field(default="", metadata={"check": "ip_address", "help": "local address to connect from; default: any"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +182,8 @@ def _coerce(path: str, value: Any, field: dataclasses.Field) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
     elif kind in ("int", int):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{path}: expected a whole number, got {value!r}")
@@ -199,7 +203,41 @@ def _coerce(path: str, value: Any, field: dataclasses.Field) -> Any:
         raise ConfigError(f"{path}: {value!r} is below the minimum {meta['min']}")
     if "max" in meta and value > meta["max"]:
         raise ConfigError(f"{path}: {value!r} is above the maximum {meta['max']}")
+    if value and "check" in meta:
+        _CHECKS[meta["check"]](path, value)
     return value
+
+
+# RFC 5321 section 4.1.1.1: EHLO takes the client's domain name or an address literal.
+_HOST_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def _check_host_name(path: str, value: str) -> None:
+    if value.startswith("[") and value.endswith("]"):
+        literal = value[1:-1]
+        if literal.lower().startswith("ipv6:"):
+            literal = literal[5:]
+        try:
+            ipaddress.ip_address(literal)
+        except ValueError:
+            raise ConfigError(f"{path}: {value!r} is not a valid address literal such as [192.0.2.1] or [IPv6:2001:db8::1]") from None
+        return
+    labels = value.rstrip(".").split(".")
+    if len(value) > 253 or not all(_HOST_LABEL_RE.match(label) for label in labels):
+        raise ConfigError(
+            f"{path}: {value!r} is not a valid host name; give the scanner's own name in ASCII letters, "
+            "digits, hyphens and dots (for example scanner.example.net), or an address literal such as [192.0.2.1]"
+        )
+
+
+def _check_ip_address(path: str, value: str) -> None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ConfigError(f"{path}: {value!r} is not an IP address; give a local address such as 192.0.2.10") from None
+
+
+_CHECKS = {"host_name": _check_host_name, "ip_address": _check_ip_address}
 
 
 def _build(cls, data: Any, prefix: str):
@@ -232,7 +270,9 @@ def parse_resolver(text: str, path: str = "resolver") -> str:
     host, port = text, None
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else None
+        if rest and not rest.startswith(":"):
+            raise ConfigError(f"{path}: {text!r} is not IP or [IPv6]:PORT; write an IPv6 resolver with a port as [::1]:53")
+        port = rest[1:] if rest else None
     elif text.count(":") == 1:
         host, port = text.split(":")
     try:
@@ -257,6 +297,21 @@ def settings_from_dict(data: dict[str, Any]) -> Settings:
     return _build(Settings, {key: value for key, value in data.items() if key not in _TOP_LEVEL_INPUT_KEYS}, "")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that rejects a key given twice in one mapping, instead of keeping the last."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _value_node in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping; keep one", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: Path) -> SweepConfig:
     """Read and validate a sweep configuration file; raise ``ConfigError`` with the fix."""
     try:
@@ -267,7 +322,7 @@ def load_config(path: Path) -> SweepConfig:
         raise ConfigError(f"cannot read configuration file {path}: {exc}") from None
 
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
@@ -295,9 +350,12 @@ def config_from_dict(data: Any, path: Path | None = None) -> SweepConfig:
         if not isinstance(domains_file, str) or not domains_file.strip():
             raise ConfigError(f"{where}: 'domains_file' must be a path to a file with one domain per line")
         base = path.parent if path else Path.cwd()
-        domains_file = (base / domains_file).resolve()
-        if not domains_file.is_file():
+        # absolute(), not resolve(): /dev/stdin and other links must keep their own name.
+        domains_file = (base / domains_file).absolute()
+        if not domains_file.exists():
             raise ConfigError(f"{where}: domains_file {domains_file} not found (relative paths start at the YAML file's folder)")
+        if domains_file.is_dir():
+            raise ConfigError(f"{where}: domains_file {domains_file} is a folder; give a file with one domain per line")
 
     if not domains and domains_file is None and "domains" not in data:
         raise ConfigError(f"{where}: no domains: add a 'domains' list or a 'domains_file' path")
@@ -307,30 +365,32 @@ def config_from_dict(data: Any, path: Path | None = None) -> SweepConfig:
     return SweepConfig(path=path, domains=tuple(domains), domains_file=domains_file, settings=settings)
 
 
-def with_overrides(settings: Settings, overrides: dict[str, Any]) -> Settings:
-    """Apply command-line values, given as {"timeouts.connect": 5.0, ...}, with the same checks as YAML."""
-    nested: dict[str, Any] = {}
+def with_overrides(settings: Settings, overrides: dict[str, Any], names: dict[str, str] | None = None) -> Settings:
+    """Apply values given as {"timeouts.connect": 5.0, ...}, with the same checks as YAML.
+
+    ``names`` maps a dotted setting to the name the user typed (a command-line flag such
+    as ``--connect-timeout``), so that an error names what the user can fix.
+    """
+    names = names or {}
+    sections: dict[str, dict[str, Any]] = {}
+    changes: dict[str, Any] = {}
     for dotted, value in overrides.items():
         if value is None:
             continue
+        name = names.get(dotted, dotted)
         head, _, tail = dotted.partition(".")
         if tail:
-            nested.setdefault(head, {})[tail] = value
+            section = getattr(settings, head)
+            field = {f.name: f for f in dataclasses.fields(section)}[tail]
+            sections.setdefault(head, {})[tail] = _coerce(name, value, field)
+        elif head == "resolvers":
+            changes[head] = parse_resolvers(list(value), name)
         else:
-            nested[head] = value
+            field = {f.name: f for f in dataclasses.fields(settings)}[head]
+            changes[head] = _coerce(name, value, field)
 
-    changes: dict[str, Any] = {}
-    for key, value in nested.items():
-        if isinstance(value, dict):
-            current = getattr(settings, key)
-            section = {field.name: getattr(current, field.name) for field in dataclasses.fields(current)}
-            section.update(value)
-            changes[key] = _build(type(current), section, key)
-        elif key == "resolvers":
-            changes[key] = parse_resolvers(list(value), "--resolver")
-        else:
-            field = {f.name: f for f in dataclasses.fields(settings)}[key]
-            changes[key] = _coerce(f"--{key.replace('_', '-')}", value, field)
+    for head, values in sections.items():
+        changes[head] = dataclasses.replace(getattr(settings, head), **values)
     return dataclasses.replace(settings, **changes)
 
 

@@ -133,7 +133,8 @@ def _entry_from_yaml(item: Any, index: int) -> Entry:
 
 def read_domains_file(path: Path) -> Iterator[Entry]:
     """Yield one entry per non-blank, non-comment line of ``path``, without reading it whole."""
-    with path.open("r", encoding="utf-8", errors="backslashreplace", newline=None) as handle:
+    # utf-8-sig drops the byte-order mark that Windows editors put at the start of a file.
+    with path.open("r", encoding="utf-8-sig", errors="backslashreplace", newline=None) as handle:
         for number, line in enumerate(handle, start=1):
             text = line.split("#", 1)[0].strip()
             if not text:

@@ -53,7 +53,38 @@ def read_network_file(path: Path) -> tuple[Network, ...]:
     return tuple(networks)
 
 
+# IPv6 ranges that carry an IPv4 address inside: RFC 6052 NAT64 (well-known prefix,
+# address in the last 32 bits), RFC 7136-deprecated IPv4-compatible ::a.b.c.d, and
+# RFC 6145 SIIT ::ffff:0:a.b.c.d. 6to4 (RFC 3056) and Teredo (RFC 4380) have their
+# own accessors in ``ipaddress``.
+_LAST_32_BITS = (
+    ipaddress.IPv6Network("64:ff9b::/96"),
+    ipaddress.IPv6Network("::/96"),
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),
+)
+# RFC 8215 local-use NAT64 prefix: not global in the IANA registry, though Python 3.11's
+# is_global says it is.
+_NOT_GLOBAL_IPV6 = (ipaddress.IPv6Network("64:ff9b:1::/48"),)
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """Return the IPv4 addresses an IPv6 address reaches through a translation or tunnel."""
+    found = []
+    if address.ipv4_mapped is not None:
+        found.append(address.ipv4_mapped)
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if address.teredo is not None:
+        found.append(address.teredo[1])
+    for network in _LAST_32_BITS:
+        if address in network and int(address) & 0xFFFFFFFF:
+            found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return found
+
+
 def _is_special(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if address.version == 6 and any(address in network for network in _NOT_GLOBAL_IPV6):
+        return True
     return not address.is_global or address.is_multicast
 
 
@@ -66,18 +97,20 @@ class AddressPolicy:
     def check(self, text: str) -> Failure | None:
         """Return why ``text`` must not be probed, or ``None`` when it may be."""
         address = ipaddress.ip_address(text)
-        mapped = getattr(address, "ipv4_mapped", None)
-        if mapped is not None:
-            # ::ffff:10.0.0.1 reaches 10.0.0.1; judge it as that address.
-            address = mapped
+        # ::ffff:10.0.0.1, 64:ff9b::a00:1 and 2002:a00:1:: all reach 10.0.0.1, so each
+        # address is judged together with the IPv4 addresses it carries.
+        judged = [address]
+        if address.version == 6:
+            judged += _embedded_ipv4(address)
 
-        for network in self.exclude:
-            if address.version == network.version and address in network:
-                return Failure(Phase.POLICY, Reason.ADDRESS_EXCLUDED, f"{text} is in the exclusion list ({network})")
+        for candidate in judged:
+            for network in self.exclude:
+                if candidate.version == network.version and candidate in network:
+                    return Failure(Phase.POLICY, Reason.ADDRESS_EXCLUDED, f"{text} is in the exclusion list ({network})")
         for network in self.allow:
             if address.version == network.version and address in network:
                 return None
-        if not self.allow_private and _is_special(address):
+        if not self.allow_private and any(_is_special(candidate) for candidate in judged):
             return Failure(
                 Phase.POLICY,
                 Reason.ADDRESS_NOT_GLOBAL,

@@ -74,6 +74,13 @@ def write(tmp_path: Path, text: str) -> Path:
     ("domains: a.test\n", "'domains' must be a list"),
     ("domains_file: missing.txt\n", "missing.txt not found"),
     ("settings: 1\n", "no domains"),
+    ("domains: [a.test]\ntimeouts: {connect: .nan}\n", "timeouts.connect: expected a finite number, got nan"),
+    ("domains: [a.test]\nsmtp: {ehlo_name: sc\u00e4nner.test}\n", "smtp.ehlo_name: 'sc\u00e4nner.test' is not a valid host name"),
+    ("domains: [a.test]\nsmtp: {ehlo_name: two words}\n", "is not a valid host name"),
+    ("domains: [a.test]\nsmtp: {source_address: not-an-ip}\n", "smtp.source_address: 'not-an-ip' is not an IP address"),
+    ("domains: [a.test]\nresolvers: ['[::1]x']\n", "write an IPv6 resolver with a port as [::1]:53"),
+    ("domains: [a.test]\ntimeouts: {connect: 1}\ntimeouts: {banner: 1}\n", "key 'timeouts' appears twice"),
+    ("domains_file: .\n", "is a folder"),
 ])
 def test_bad_configuration_exits_2(tmp_path, text, message):
     result = mxscan("scan", str(write(tmp_path, text)))
@@ -95,7 +102,10 @@ def test_bad_command_line_value_exits_2(tmp_path):
     assert "--resolver" in result.stderr.decode()
     result = mxscan("scan", str(path), "--port", "70000")
     assert result.returncode == 2
-    assert "70000" in result.stderr.decode()
+    assert "--port: 70000 is above the maximum 65535" in result.stderr.decode()
+    result = mxscan("scan", str(path), "--dns-timeout", "inf")
+    assert result.returncode == 2
+    assert "--dns-timeout: expected a finite number" in result.stderr.decode()
 
 
 def test_no_command_prints_help():

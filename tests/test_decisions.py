@@ -170,3 +170,12 @@ def test_normalise_name_rejects(given, reason):
     with pytest.raises(InvalidName) as caught:
         normalise_name(given)
     assert caught.value.reason is reason
+
+
+def test_domains_file_bom_and_crlf(tmp_path):
+    from scanner.inputs import read_domains_file
+
+    path = tmp_path / "list.txt"
+    path.write_bytes(b"\xef\xbb\xbfgood.test\r\nother.test\r\n")
+    entries = list(read_domains_file(path))
+    assert [entry.given for entry in entries] == ["good.test", "other.test"]

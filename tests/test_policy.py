@@ -84,3 +84,29 @@ def test_default_sweep_never_connects_to_private(run, record_schema):
         address = record["exchanges"][0]["addresses"][0]
         assert address["probe"] is None
         assert address["skipped"]["phase"] == "policy"
+
+
+@pytest.mark.parametrize("address", [
+    "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+    "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
+    "64:ff9b:1::a00:1",  # local-use NAT64 prefix
+    "2002:a00:1::1",  # 6to4 of 10.0.0.1
+    "2002:7f00:1::1",  # 6to4 of 127.0.0.1
+    "::a00:1",  # IPv4-compatible 10.0.0.1
+    "::ffff:0:a00:1",  # SIIT 10.0.0.1
+    "2001:0:4136:e378:8000:63bf:f5ff:fffe",  # Teredo server 65.54.227.120, client 10.0.0.1
+])
+def test_embedded_private_ipv4_skipped(address):
+    failure = AddressPolicy().check(address)
+    assert failure is not None
+    assert failure.reason is Reason.ADDRESS_NOT_GLOBAL
+
+
+@pytest.mark.parametrize("address", ["::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1", "::808:808"])
+def test_exclusion_covers_embedded_ipv4(address):
+    policy = AddressPolicy(exclude=parse_networks(["8.8.8.0/24"], "exclude"))
+    assert policy.check(address).reason is Reason.ADDRESS_EXCLUDED
+
+
+def test_global_nat64_allowed():
+    assert AddressPolicy().check("64:ff9b::808:808") is None
