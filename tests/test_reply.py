@@ -29,7 +29,10 @@ CASES = [
     (b"550 2.1.0 odd\r\n", 550, ("2.1.0 odd",), None),
     (b"220 caf\xc3\xa9\r\n", 220, ("caf\u00e9",), None),
     (b"220 bad \xff\xfe bytes\r\n", 220, ("bad \\xff\\xfe bytes",), None),
-    (b"220 nul \x00 and \x1b[31m escape\r\n", 220, ("nul \x00 and \x1b[31m escape",), None),
+    (b"220 nul \x00 and \x1b[31m escape\r\n", 220, ("nul \\x00 and \\x1b[31m escape",), None),
+    (b"220 c1 \xc2\x9b and del \x7f\r\n", 220, ("c1 \\x9b and del \\x7f",), None),
+    (b"220 back\\slash \\xff\r\n", 220, ("back\\\\slash \\\\xff",), None),
+    (b"220 tab\there\r\n", 220, ("tab\\x09here",), None),
 ]
 
 

@@ -85,9 +85,31 @@ class Reply:
         return 500 <= self.code < 600
 
 
+# Control characters (C0, DEL and C1), the backslash, and the surrogates that
+# "surrogateescape" gives bytes that are not UTF-8. Escaping the backslash keeps
+# "\xNN" unambiguous: a server that sends those four characters is stored as "\\xNN".
+# Tab is escaped too, because jq's @tsv would read it as a column break.
+_UNSAFE_TEXT_RE = re.compile("[\x00-\x1f\x7f-\x9f\\\\\udc80-\udcff]")
+
+
+def _escape_char(match: re.Match) -> str:
+    char = match.group()
+    if char == "\\":
+        return "\\\\"
+    code = ord(char)
+    if code >= 0xDC80:
+        code -= 0xDC00
+    return f"\\x{code:02x}"
+
+
 def decode_text(data: bytes) -> str:
-    """Decode server bytes as UTF-8, keeping invalid bytes as visible ``\\xNN`` escapes."""
-    return data.decode("utf-8", "backslashreplace")
+    """Decode server bytes for the record: printable text only, whatever the server sent.
+
+    Valid UTF-8 stays as it is. Control characters and bytes that are not UTF-8 become
+    ``\\xNN`` and the backslash ``\\\\``, so that even ``jq -r`` cannot copy a
+    server's escape sequences to a terminal.
+    """
+    return _UNSAFE_TEXT_RE.sub(_escape_char, data.decode("utf-8", "surrogateescape"))
 
 
 def split_enhanced(code: int, text: bytes) -> tuple[str | None, bytes]:
