@@ -229,3 +229,22 @@ def test_arbitrary_server_bytes(lines, cuts, ending, record_schema):
     for key in ("banner", "ehlo", "helo", "quit"):
         if probe[key] is not None:
             assert len(probe[key]["text"]) <= 4 * 1024
+
+
+def test_garbage_reply_spares_other_domains(run):
+    # One garbage datagram makes c-ares fail every query on that socket; the others
+    # must be asked again rather than recorded as bad responses.
+    records = {f"d{index}.test": {"MX": ["10 mx.d.test."]} for index in range(30)}
+    records["mx.d.test"] = {"A": ["127.0.31.250"]}
+    records["nomail.test"] = {"MX": ["0 ."]}
+
+    async def scenario():
+        async with Lab.from_dict(world(records, [("127.0.31.250", "mx.d.test", "esmtp")], {"bad.test": "garbage"})) as lab:
+            domains = ["bad.test", "nomail.test", *[f"d{index}.test" for index in range(30)]]
+            return await sweep_lab(lab, domains, concurrency=50, dns={"timeout": 1.0, "retries": 2})
+
+    found = by_domain(run(scenario()))
+    assert found["bad.test"]["reason"] == "dns_bad_response"
+    assert found["nomail.test"]["status"] == "null_mx"
+    for index in range(30):
+        assert found[f"d{index}.test"]["status"] == "reachable", found[f"d{index}.test"]

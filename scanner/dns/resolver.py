@@ -16,6 +16,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import random
 
 import pycares
 from aiodns.error import DNSError
@@ -23,6 +24,11 @@ from aiodns.error import DNSError
 from ..results import Reason
 
 log = logging.getLogger(__name__)
+
+# Tries for a query whose reply c-ares could not parse, and the first pause before
+# trying again (doubled each time); see Resolver.query.
+BAD_RESPONSE_TRIES = 4
+BAD_RESPONSE_PAUSE = 0.05
 
 # c-ares follows a CNAME chain inside one answer; a longer chain than this is treated
 # as a loop. Real chains are one or two links long.
@@ -42,11 +48,12 @@ _ERRNO_REASONS = {
 class DnsLookupError(Exception):
     """A lookup that ended without an answer; ``reason`` is from ``scanner.results.Reason``."""
 
-    def __init__(self, reason: Reason, name: str, qtype: str, message: str) -> None:
+    def __init__(self, reason: Reason, name: str, qtype: str, message: str, retryable: bool = False) -> None:
         super().__init__(f"{qtype} {name}: {message}")
         self.reason = reason
         self.name = name
         self.qtype = qtype
+        self.retryable = retryable
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -287,7 +294,27 @@ class Resolver:
             channel.close()
 
     async def query(self, name: str, qtype: str) -> list:
-        """Return the matching answer records; ``[]`` means NODATA. Raise ``DnsLookupError`` otherwise."""
+        """Return the matching answer records; ``[]`` means NODATA. Raise ``DnsLookupError`` otherwise.
+
+        A reply that c-ares cannot parse is asked again before it is believed: c-ares
+        1.34 fails every query waiting on a socket with EBADRESP when one datagram on
+        it is garbage, so one broken or spoofed packet would otherwise mark unrelated
+        domains as ``dns_bad_response``.
+        """
+        attempt = 1
+        while True:
+            try:
+                return await self._query_once(name, qtype)
+            except DnsLookupError as error:
+                if not error.retryable or attempt >= BAD_RESPONSE_TRIES:
+                    raise
+                # A random pause, growing with each try, keeps the tries of the queries
+                # hit together from meeting the next bad datagram together again.
+                await asyncio.sleep(BAD_RESPONSE_PAUSE * (2 ** (attempt - 1)) * random.uniform(0.5, 1.5))
+                attempt += 1
+                log.debug("%s %s: unparseable reply, asking again (try %d of %d)", qtype, name, attempt, BAD_RESPONSE_TRIES)
+
+    async def _query_once(self, name: str, qtype: str) -> list:
         async with self._slots:
             self.queries += 1
             channel = self._channel_for_query()
@@ -299,7 +326,7 @@ class Resolver:
                     return []
                 reason = _ERRNO_REASONS.get(code, Reason.DNS_FAILURE)
                 message = exc.args[1] if len(exc.args) > 1 else str(exc)
-                raise DnsLookupError(reason, name, qtype, message) from None
+                raise DnsLookupError(reason, name, qtype, message, retryable=code == pycares.errno.ARES_EBADRESP) from None
             finally:
                 self._release(channel)
 
