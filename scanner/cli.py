@@ -8,6 +8,7 @@ domains' states; 2 for a usage or configuration error; 1 for anything else.
 from __future__ import annotations
 
 import argparse
+import os
 import logging
 import signal
 import sys
@@ -171,9 +172,24 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     root.setLevel(level)
 
 
+def _check_output_path(output: Path | None, inputs: list[tuple[str, Path | str | None]]) -> None:
+    """Reject an output file that is one of the sweep's inputs: opening it would empty it."""
+    if output is None or not output.exists():
+        return
+    for what, path in inputs:
+        if path and Path(path).exists() and os.path.samefile(output, path):
+            raise ConfigError(f"-o {output} is the {what}; writing the results there would destroy it, so pick another file")
+
+
 def _command_scan(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     settings = with_overrides(config.settings, _overrides(args), FLAG_NAMES)
+    _check_output_path(args.output, [
+        ("configuration file", args.config),
+        ("domains_file", config.domains_file),
+        ("policy.exclude_file", settings.policy.exclude_file),
+        ("tls.ca_file", settings.tls.ca_file),
+    ])
     options = _run_options(args)
     summary = uvloop.run(sweep_to(config, settings, args.output, options))
     if not args.quiet:

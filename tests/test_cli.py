@@ -172,3 +172,13 @@ def test_example_config_matches_defaults():
     result = mxscan("defaults")
     assert result.returncode == 0
     assert result.stdout.decode() == render_defaults()
+
+
+def test_output_over_input_rejected(tmp_path):
+    (tmp_path / "list.txt").write_text("a.test\n")
+    path = write(tmp_path, "domains_file: list.txt\nresolvers: ['127.0.0.1:9']\n")
+    for target in ("list.txt", "scan.yaml"):
+        result = mxscan("scan", str(path), "-o", str(tmp_path / target))
+        assert result.returncode == 2
+        assert "would destroy it" in result.stderr.decode()
+    assert (tmp_path / "list.txt").read_text() == "a.test\n"
