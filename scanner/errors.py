@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import os
+import ssl
 
 from aiosmtplib.errors import SMTPServerDisconnected
 
@@ -70,6 +71,8 @@ def _timeout_reason(phase: Phase) -> Reason:
         return Reason.CONNECT_TIMEOUT
     if phase is Phase.BANNER:
         return Reason.BANNER_TIMEOUT
+    if phase is Phase.TLS:
+        return Reason.TLS_TIMEOUT
     return Reason.REPLY_TIMEOUT
 
 
@@ -79,6 +82,10 @@ def reason_for_exception(exc: BaseException, phase: Phase) -> Reason:
         return Reason.HOST_DEADLINE
     if isinstance(exc, PhaseTimeout):
         return _timeout_reason(exc.phase)
+    if phase is Phase.TLS:
+        # Whatever stops the TLS handshake (an alert, garbage, a reset or a closed
+        # connection) is a failed handshake, with the TLS library's reason.
+        return Reason.TLS_TIMEOUT if isinstance(exc, TimeoutError) else Reason.TLS_HANDSHAKE_FAILED
     if isinstance(exc, ReplyTooLong):
         return Reason.REPLY_TOO_LONG
     if isinstance(exc, NotSmtp):
@@ -102,10 +109,28 @@ def reason_for_exception(exc: BaseException, phase: Phase) -> Reason:
     return Reason.SCANNER_ERROR
 
 
+def _tls_message(exc: BaseException) -> str:
+    if isinstance(exc, PhaseTimeout):
+        return f"TLS handshake timed out after {exc.seconds:g} s"
+    if isinstance(exc, TimeoutError):
+        return "TLS handshake timed out"
+    if isinstance(exc, ssl.SSLError):
+        # OpenSSL errors carry library and reason (for example SSL, WRONG_VERSION_NUMBER);
+        # an SSLError made elsewhere may have neither.
+        reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+        library = getattr(exc, "library", None)
+        return f"TLS handshake failed: {library}: {reason}" if library else f"TLS handshake failed: {reason}"
+    if isinstance(exc, OSError) and exc.errno:
+        return f"TLS handshake failed: {os.strerror(exc.errno)}"
+    return f"TLS handshake failed: {exc or type(exc).__name__}"
+
+
 def failure_from_exception(exc: BaseException, phase: Phase) -> Failure:
     reason = reason_for_exception(exc, phase)
     if reason is Reason.SCANNER_ERROR:
         message = f"bug in mxscan: {type(exc).__name__}: {exc}"
+    elif reason in (Reason.TLS_TIMEOUT, Reason.TLS_HANDSHAKE_FAILED):
+        message = _tls_message(exc)
     elif isinstance(exc, ReplyError) and exc.data:
         message = f"{exc}: {exc.data[:80]!r}"
     elif isinstance(exc, OSError) and exc.errno:

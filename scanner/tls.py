@@ -32,8 +32,8 @@ from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509 import verification
 
-from .errors import ConfigError, HostDeadline, PhaseTimeout, failure_from_exception
-from .results import CertificateInfo, Failure, Phase, Reason
+from .errors import ConfigError
+from .results import CertificateInfo
 
 log = logging.getLogger(__name__)
 
@@ -292,28 +292,3 @@ class TrustStore:
             return False, text
         return True, None
 
-
-def tls_failure(exc: BaseException, phase: Phase) -> Failure:
-    """Map an error during STARTTLS or the TLS handshake to a failure.
-
-    A timeout of the handshake phase is ``tls_timeout``; anything else that stops the
-    handshake, including a reset or a closed connection, is ``tls_handshake_failed``
-    with the TLS library's reason. The host deadline keeps its own reason.
-    """
-    if isinstance(exc, HostDeadline) or phase is not Phase.TLS:
-        return failure_from_exception(exc, phase)
-    if isinstance(exc, PhaseTimeout):
-        return Failure(phase=phase, reason=Reason.TLS_TIMEOUT, message=f"TLS handshake timed out after {exc.seconds:g} s")
-    if isinstance(exc, TimeoutError):
-        return Failure(phase=phase, reason=Reason.TLS_TIMEOUT, message="TLS handshake timed out")
-    if isinstance(exc, ssl.SSLError):
-        # OpenSSL errors carry library and reason (for example SSL, WRONG_VERSION_NUMBER);
-        # an SSLError made elsewhere may have neither.
-        reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
-        library = getattr(exc, "library", None)
-        message = f"TLS handshake failed: {library}: {reason}" if library else f"TLS handshake failed: {reason}"
-    elif isinstance(exc, OSError) and exc.errno:
-        message = f"TLS handshake failed: {exc.strerror or exc}"
-    else:
-        message = f"TLS handshake failed: {exc or type(exc).__name__}"
-    return Failure(phase=phase, reason=Reason.TLS_HANDSHAKE_FAILED, message=message)

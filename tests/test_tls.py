@@ -20,7 +20,8 @@ from scanner.lab.behaviours import Behaviour
 from scanner.lab.smtp_server import SmtpHost
 from scanner.lab.world import Lab
 from scanner.results import CertificateInfo, Phase, Reason
-from scanner.tls import TrustStore, certificate_info, name_matches, tls_failure
+from scanner.errors import failure_from_exception
+from scanner.tls import TrustStore, certificate_info, name_matches
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -320,14 +321,14 @@ def test_trust_store_ca_file_errors(tmp_path):
 
 
 def test_tls_failure_reasons():
-    timeout = tls_failure(TimeoutError(), Phase.TLS)
+    timeout = failure_from_exception(TimeoutError(), Phase.TLS)
     assert timeout.reason is Reason.TLS_TIMEOUT
-    reset = tls_failure(ConnectionResetError(104, "Connection reset by peer"), Phase.TLS)
+    reset = failure_from_exception(ConnectionResetError(104, "Connection reset by peer"), Phase.TLS)
     assert reset.reason is Reason.TLS_HANDSHAKE_FAILED
-    library = tls_failure(ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"), Phase.TLS)
+    library = failure_from_exception(ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"), Phase.TLS)
     assert library.reason is Reason.TLS_HANDSHAKE_FAILED
     # Outside the handshake, the shared table decides: a timeout of the STARTTLS reply.
-    assert tls_failure(TimeoutError(), Phase.STARTTLS).reason is Reason.REPLY_TIMEOUT
+    assert failure_from_exception(TimeoutError(), Phase.STARTTLS).reason is Reason.REPLY_TIMEOUT
 
 
 def test_tls_settings_validated():

@@ -37,7 +37,7 @@ from ..results import (
 from ..smtp import handshake
 from ..smtp.handshake import Step
 from ..smtp.reply import Reply, parse_ehlo_keywords
-from ..tls import TrustStore, certificate_info, peer_chain, tls_failure
+from ..tls import TrustStore, certificate_info, peer_chain
 from .connection import ProbeConnection, elapsed_ms
 from .transcript import Transcript
 
@@ -281,7 +281,7 @@ class SessionRunner:
             return decision.step
         except Exception as exc:
             session.end()
-            tls.failure = tls_failure(exc, session.phase)
+            tls.failure = failure_from_exception(exc, session.phase)
             log.debug("session %s: STARTTLS ended in %s: %s", session.address, session.phase.value, tls.failure.message)
             return Step.CLOSE
 
