@@ -361,7 +361,7 @@ def config_from_dict(data: Any, path: Path | None = None) -> SweepConfig:
         raise ConfigError(f"{where}: no domains: add a 'domains' list or a 'domains_file' path")
 
     settings = settings_from_dict(data)
-    settings = _resolve_policy_paths(settings, path.parent if path else Path.cwd())
+    settings = _resolve_paths(settings, path.parent if path else Path.cwd())
     return SweepConfig(path=path, domains=tuple(domains), domains_file=domains_file, settings=settings)
 
 
@@ -394,16 +394,23 @@ def with_overrides(settings: Settings, overrides: dict[str, Any], names: dict[st
     return dataclasses.replace(settings, **changes)
 
 
-def _resolve_policy_paths(settings: Settings, base: Path) -> Settings:
-    """Check the policy's ranges and make its exclusion file's path absolute."""
+def _resolve_file(base: Path, value: str, setting: str) -> str:
+    path = (base / value).resolve()
+    if not path.is_file():
+        raise ConfigError(f"{setting}: {path} not found (relative paths start at the YAML file's folder)")
+    return str(path)
+
+
+def _resolve_paths(settings: Settings, base: Path) -> Settings:
+    """Check the policy's ranges, and make the file paths of settings relative to the YAML file absolute."""
     from .policy import parse_networks
 
     policy = settings.policy
     parse_networks(policy.allow, "policy.allow")
     parse_networks(policy.exclude, "policy.exclude")
-    if not policy.exclude_file:
-        return settings
-    exclude_file = (base / policy.exclude_file).resolve()
-    if not exclude_file.is_file():
-        raise ConfigError(f"policy.exclude_file: {exclude_file} not found (relative paths start at the YAML file's folder)")
-    return dataclasses.replace(settings, policy=dataclasses.replace(policy, exclude_file=str(exclude_file)))
+    if policy.exclude_file:
+        policy = dataclasses.replace(policy, exclude_file=_resolve_file(base, policy.exclude_file, "policy.exclude_file"))
+    tls = settings.tls
+    if tls.ca_file:
+        tls = dataclasses.replace(tls, ca_file=_resolve_file(base, tls.ca_file, "tls.ca_file"))
+    return dataclasses.replace(settings, policy=policy, tls=tls)
