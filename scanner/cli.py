@@ -138,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="start the built-in lab on loopback and sweep the demo domains", description="Start a simulated mail internet on loopback (a DNS authority and SMTP servers with scripted behaviours), sweep configs/demo.yaml against it, and print the JSON lines. Needs no network.")
     demo.add_argument("-o", "--output", type=Path, metavar="OUT.jsonl", help="write the JSON lines to this file instead of standard output")
 
+    lab = commands.add_parser("lab", help="run the built-in lab on loopback until interrupted, to try mxscan check or scan against it", description="Start a lab world (default: configs/demo-lab.yaml) on loopback, print its resolver address and SMTP port, and run until SIGINT or SIGTERM.")
+    lab.add_argument("world", nargs="?", type=Path, metavar="WORLD.yaml", help="lab world to run (default: the demo's)")
+    lab.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds (default: run until interrupted)")
+
     commands.add_parser("defaults", help="print every setting with its default as a commented YAML file", description="Print every configuration setting with its default value, unit and range, as YAML to start a configuration file from.")
     add_ops_commands(commands)
 
@@ -198,6 +202,19 @@ def _command_scan(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if summary.stopped_by else EXIT_OK
 
 
+def _command_lab(args: argparse.Namespace) -> int:
+    from .lab.demo import serve_lab
+    from .lab.world import LabConfigError
+
+    if args.duration is not None and not args.duration > 0:
+        raise ConfigError(f"--duration: expected a positive number of seconds, got {args.duration}")
+    try:
+        uvloop.run(serve_lab(args.world, args.duration))
+    except (LabConfigError, OSError) as exc:
+        raise ConfigError(f"cannot start the lab: {exc}") from None
+    return EXIT_OK
+
+
 def _command_defaults(args: argparse.Namespace) -> int:
     from .config_doc import render_defaults
 
@@ -256,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
 
-    handlers = {"scan": _command_scan, "demo": _command_demo, "defaults": _command_defaults, "check": _command_check, **OPS_HANDLERS}
+    handlers = {"scan": _command_scan, "demo": _command_demo, "defaults": _command_defaults, "lab": _command_lab, "check": _command_check, **OPS_HANDLERS}
     try:
         return handlers[args.command](args)
     except ConfigError as exc:

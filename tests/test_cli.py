@@ -182,3 +182,20 @@ def test_output_over_input_rejected(tmp_path):
         assert result.returncode == 2
         assert "would destroy it" in result.stderr.decode()
     assert (tmp_path / "list.txt").read_text() == "a.test\n"
+
+
+def test_lab_command_serves_demo_world(record_schema):
+    lab = subprocess.Popen([sys.executable, "-m", "scanner", "lab", "--duration", "20"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        first = lab.stdout.readline().decode()
+        assert first.startswith("lab DNS: 127.0.53.1:")
+        words = first.split()
+        resolver, port = words[2], words[5]
+        result = mxscan("check", "good.test", "--json", "--resolver", resolver, "--port", port, "--allow-private", "--ehlo-name", "scanner.test")
+        assert result.returncode == 0, result.stderr.decode()
+        record = json.loads(result.stdout)
+        record_schema.validate(record)
+        assert record["status"] == "reachable"
+    finally:
+        lab.terminate()
+        assert lab.wait(timeout=10) == 0
