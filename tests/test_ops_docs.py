@@ -42,10 +42,11 @@ def test_every_metric_documented():
 
 
 def cookbook_blocks() -> list[tuple[str, str]]:
-    """Return (heading, shell code) for each ```sh block of the cookbook."""
+    """Return (heading, shell code) for each ```sh block of the README's jq recipes."""
     blocks, heading = [], ""
-    text = (DOCS / "jq-cookbook.md").read_text()
-    for match in re.finditer(r"^### ([^\n]+)$|^```sh\n(.*?)^```", text, re.MULTILINE | re.DOTALL):
+    readme = (DOCS.parent / "README.md").read_text()
+    text = readme.split("\n### jq recipes\n", 1)[1].split("\n## ", 1)[0]
+    for match in re.finditer(r"^#### ([^\n]+)$|^```sh\n(.*?)^```", text, re.MULTILINE | re.DOTALL):
         if match.group(1):
             heading = match.group(1)
         else:
