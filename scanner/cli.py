@@ -19,7 +19,7 @@ import uvloop
 from . import __version__
 from .config import load_config, with_overrides
 from .control import DEFAULT_STOP_GRACE, RunOptions
-from .errors import ConfigError
+from .errors import ConfigError, OutputError
 from .progress import DEFAULT_LOG_INTERVAL, ProgressMode
 from .shard import Shard
 from .ops.cli import HANDLERS as OPS_HANDLERS, add_commands as add_ops_commands
@@ -279,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mxscan: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OutputError as exc:
+        print(f"mxscan: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         print("mxscan: interrupted", file=sys.stderr)
         return EXIT_FAILURE

@@ -4,6 +4,7 @@ The tree::
 
     Exception
      +-- ConfigError              bad configuration or command line (exit status 2)
+     +-- OutputError              the results cannot be written (exit status 1)
      +-- scanner.smtp.reply.ReplyError      bytes that are not an SMTP reply
      |    +-- NotSmtp                         no three-digit code (HTTP, SSH, garbage)
      |    +-- MalformedReply                  codes that disagree or are out of range
@@ -34,6 +35,10 @@ from .smtp.reply import MalformedReply, NotSmtp, ReplyError, ReplyTooLong
 
 class ConfigError(Exception):
     """Invalid configuration, domain file or command-line value. The message names the value and the fix."""
+
+
+class OutputError(Exception):
+    """The results cannot be written (a full disk, a lost mount); the sweep stops at once."""
 
 
 class ProbeError(Exception):

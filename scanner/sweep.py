@@ -23,7 +23,7 @@ from .config import Settings, SweepConfig
 from .control import DEFAULT_STOP_GRACE, RunOptions, StopControl
 from .dns.mx import Exchange, MxPlan, implicit_plan, plan_from_mx
 from .dns.resolver import DnsLookupError, Resolver
-from .errors import ConfigError, failure_from_exception
+from .errors import ConfigError, OutputError, failure_from_exception
 from .inputs import Entry, iter_entries
 from .keyset import DigestSet
 from .limits import cap_connections, raise_open_files_limit
@@ -73,6 +73,7 @@ class Sweep:
         self.prober = Prober(settings)
         self.policy = build_policy(settings.policy)
         self.summary = Summary()
+        self.write_error: OSError | None = None
 
     async def close(self) -> None:
         await self.resolver.close()
@@ -105,7 +106,7 @@ class Sweep:
 
         log.info("sweep started: concurrency %d, resolvers %s", concurrency, ", ".join(self.settings.resolvers) or "system")
         workers = [asyncio.create_task(self._work(pending, finished, stop)) for _ in range(concurrency)]
-        writing = asyncio.create_task(self._write(finished, writer))
+        writing = asyncio.create_task(self._write(finished, writer, stop))
         feeding = asyncio.create_task(self._feed(entries, pending, done, shard))
         stopping = asyncio.create_task(stop.requested.wait())
         try:
@@ -122,7 +123,13 @@ class Sweep:
         finally:
             for task in (feeding, stopping, *workers, writing):
                 task.cancel()
-            writer.flush()
+            if self.write_error is None:
+                try:
+                    writer.flush()
+                except OSError as exc:
+                    self.write_error = exc
+        if self.write_error is not None:
+            raise OutputError(f"cannot write the results: {self.write_error.strerror or self.write_error}")
         if stop.signal_name is not None:
             self.summary.stopped_by = stop.signal_name
         log.info("sweep %s: %d domains in %.1f s", "stopped" if self.summary.stopped_by else "finished", self.summary.domains, self.summary.elapsed)
@@ -194,14 +201,23 @@ class Sweep:
                 self._in_flight -= 1
             await finished.put(result)
 
-    async def _write(self, finished: asyncio.Queue, writer: LineWriter) -> None:
+    async def _write(self, finished: asyncio.Queue, writer: LineWriter, stop: StopControl) -> None:
         while True:
             result = await finished.get()
             if result is _DONE:
                 return
-            # Flush when no other line is waiting: each line still reaches the file
-            # at once when the sweep is slow, and in batches when it is fast.
-            writer.write(result, flush=finished.empty())
+            if self.write_error is not None:
+                continue  # keep the workers unblocked until they see the stop
+            try:
+                # Flush when no other line is waiting: each line still reaches the file
+                # at once when the sweep is slow, and in batches when it is fast.
+                writer.write(result, flush=finished.empty())
+            except OSError as exc:
+                self.write_error = exc
+                log.error("cannot write the results: %s; stopping the sweep", exc.strerror or exc)
+                stop.requested.set()
+                stop.immediate.set()
+                continue
             self.summary.add(result)
 
     # One domain
@@ -314,9 +330,10 @@ async def sweep_to(config: SweepConfig, settings: Settings, output: Path | None,
             stream = sys.stdout.buffer
         else:
             try:
-                stream = stack.enter_context(output.open("ab" if options.resume else "wb"))
+                stream = output.open("ab" if options.resume else "wb")
             except OSError as exc:
                 raise ConfigError(f"cannot open output file {output}: {exc.strerror}") from None
+            stack.callback(_close_output, stream)
         sweep = Sweep(settings)
         if options.connection_rate > 0:
             sweep.prober.runner = PacedRunner(sweep.prober.runner, ConnectionPacer(options.connection_rate))
@@ -337,6 +354,13 @@ async def sweep_to(config: SweepConfig, settings: Settings, output: Path | None,
         finally:
             stop.remove()
             await sweep.close()
+
+
+def _close_output(stream) -> None:
+    try:
+        stream.close()
+    except OSError as exc:
+        raise OutputError(f"cannot write the results: {exc.strerror or exc}") from None
 
 
 def _fit_open_files_limit(settings: Settings) -> Settings:

@@ -199,3 +199,11 @@ def test_lab_command_serves_demo_world(record_schema):
     finally:
         lab.terminate()
         assert lab.wait(timeout=10) == 0
+
+
+def test_write_error_stops_sweep(tmp_path):
+    path = write(tmp_path, "domains: [a.test, b.test, c.test]\nresolvers: ['127.0.0.1:9']\ndns: {timeout: 0.2, retries: 0}\n")
+    result = mxscan("scan", str(path), "-o", "/dev/full", timeout=30)
+    assert result.returncode == 1
+    assert "cannot write the results: No space left on device" in result.stderr.decode()
+    assert b"Traceback" not in result.stderr
