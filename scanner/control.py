@@ -1,4 +1,4 @@
-"""How one run of a sweep is driven: resume, shard, progress, pacing, and stopping on signals.
+"""Options of one run of a sweep (resume, shard, progress, pacing) and its stop on signals.
 
 These are properties of a run, not of the scan: the same configuration file serves
 every shard and every resumed run, so they come from the command line only.

@@ -2,9 +2,9 @@
 
 Every SMTP connection is one file descriptor, and a sweep also needs descriptors for
 its DNS channels, its input and output files and the interpreter itself. At start the
-soft limit is raised to the hard limit (a process may do that without privileges),
-and a connection bound that would not fit under it is lowered, with a warning, rather
-than left to fail later as "Too many open files" on some unlucky domain.
+soft limit is raised to the hard limit, which a process may do without privileges. A
+connection bound that would not fit under it is lowered with a warning, rather than
+left to fail later as "Too many open files" on some unlucky domain.
 """
 
 from __future__ import annotations

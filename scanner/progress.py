@@ -75,7 +75,7 @@ def render(summary: Summary, total: int | None, now: float, bar: bool) -> str:
 
 
 class Progress:
-    """Redraws or logs the sweep's progress until ``stop``; use ``async with``."""
+    """Redraws or logs the sweep's progress while the ``async with`` block runs."""
 
     def __init__(self, summary: Summary, mode: ProgressMode, stream: TextIO, total: int | None = None, interval: float = DEFAULT_LOG_INTERVAL) -> None:
         self.summary = summary

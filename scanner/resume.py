@@ -1,11 +1,11 @@
 """Resume: continue a stopped sweep from its own output file.
 
 mxscan writes one whole JSON line per domain, so after a clean stop (SIGINT, SIGTERM)
-every line is complete. After ``kill -9`` or a power loss the last line may be torn:
-``prepare_resume`` cuts the file back to its last newline, reads the key of every
-line (``query_name``, or ``domain`` for an invalid entry, which has no query name),
-and returns the set of keys done, so that the sweep skips those entries and appends
-the rest. The union is then exactly one line per domain.
+every line is complete. After ``kill -9`` or a power loss the last line may be torn.
+``prepare_resume`` cuts the file back to its last newline and reads the key of every
+line: ``query_name``, or ``domain`` for an invalid entry, which has no query name. The
+sweep then skips the entries with those keys and appends the rest, so the union is
+exactly one line per domain.
 
 Keys are kept as 64-bit digests in a ``DigestSet``, as the sweep's duplicate check
 does: a few million of them cost far less than the names.
@@ -31,7 +31,7 @@ _TAIL_CHUNK = 64 * 1024
 
 @dataclasses.dataclass
 class ResumeState:
-    """What an earlier run of the sweep left in its output file."""
+    """The domains that an earlier run wrote to its output file, and the repairs made to it."""
 
     done: DigestSet
     lines: int = 0

@@ -131,6 +131,10 @@ CHANNEL_RECEIVE_BUFFER = 4 << 20
 # this many answers (about 10 MB at the 2 KB per answer measured above).
 CHANNEL_QUERY_BUDGET = 5000
 
+# Seconds between c-ares timeout checks while queries are in flight: a DNS timeout
+# is noticed at most this late.
+TIMEOUT_TICK = 0.05
+
 # Address answers kept for reuse by later domains. Exchanges shared by many domains
 # stay in the cache, because each use moves them to the young end; one-off names age out.
 ADDRESS_CACHE_SIZE = 100_000
@@ -170,21 +174,19 @@ class _Channel:
 
     def _process(self, read_fd: int, write_fd: int) -> None:
         self._channel.process_fd(read_fd, write_fd)
-        self._schedule_timeouts()
 
-    def _schedule_timeouts(self) -> None:
+    def _start_ticker(self) -> None:
         # c-ares handles its retransmissions and timeouts when processed with no
-        # socket; ares_timeout() says when the next one is due.
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self.in_flight and not self._closed:
-            delay = self._channel.timeout()
-            self._timer = self._loop.call_later(max(delay, 0.001), self._on_timer)
+        # socket. A fixed tick while queries are in flight costs less than asking
+        # ares_timeout() and moving a timer after every query and every answer.
+        if self._timer is None and not self._closed:
+            self._timer = self._loop.call_later(TIMEOUT_TICK, self._on_tick)
 
-    def _on_timer(self) -> None:
+    def _on_tick(self) -> None:
         self._timer = None
-        self._process(pycares.ARES_SOCKET_BAD, pycares.ARES_SOCKET_BAD)
+        self._channel.process_fd(pycares.ARES_SOCKET_BAD, pycares.ARES_SOCKET_BAD)
+        if self.in_flight:
+            self._start_ticker()
 
     def query(self, name: str, qtype: int) -> "asyncio.Future[pycares.DNSResult]":
         future = self._loop.create_future()
@@ -209,7 +211,7 @@ class _Channel:
                 self.in_flight -= 1
                 code = exc.args[0] if exc.args else pycares.errno.ARES_EFORMERR
                 future.set_exception(DNSError(code, pycares.errno.strerror(code)))
-        self._schedule_timeouts()
+        self._start_ticker()
         return future
 
     def close(self) -> None:
