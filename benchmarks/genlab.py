@@ -44,8 +44,14 @@ class Host:
     mode: str  # ok, busy, reject, silent, closed (nothing listens)
 
 
+# Addresses per /8 block of the lab: 127.B.x.y with x in 0..249 and y in 1..250, so
+# no address ends in .0 or .255.
+BLOCK_SIZE = 250 * 250
+
+
 def _address(block: int, index: int) -> str:
-    # 127.B.x.y with y in 1..250, so no address ends in .0 or .255.
+    if index >= BLOCK_SIZE:
+        raise ValueError(f"at most {BLOCK_SIZE} hosts of one kind, got index {index}")
     return f"127.{block}.{index // 250}.{index % 250 + 1}"
 
 
@@ -61,14 +67,18 @@ def make_hosts(small_hosts: int = SMALL_HOSTS) -> dict[str, list[Host]]:
     return hosts
 
 
-def generate(directory: Path, domains: int, responders: int, small_hosts: int = SMALL_HOSTS, seed: int = SEED) -> dict:
-    """Write domains.txt, bench.test.zone and hosts-K.txt under ``directory``; return the manifest."""
+def generate(directory: Path, domains: int, responders: int, small_hosts: int = SMALL_HOSTS, big_share: float = SHARES["big"], seed: int = SEED) -> dict:
+    """Write domains.txt, bench.test.zone and hosts-K.txt under ``directory``; return the manifest.
+
+    ``big_share`` is the share of domains served by the big providers.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     hosts = make_hosts(small_hosts)
     big_weights = [1.0 / (rank + 1) for rank in range(BIG_HOSTS)]
-    kinds = list(SHARES) + ["small"]
-    weights = list(SHARES.values()) + [1.0 - sum(SHARES.values())]
+    shares = {**SHARES, "big": big_share}
+    kinds = list(shares) + ["small"]
+    weights = list(shares.values()) + [1.0 - sum(shares.values())]
     counts: dict[str, int] = {kind: 0 for kind in kinds}
 
     zone_path = directory / f"{ORIGIN}.zone"
@@ -110,6 +120,8 @@ def generate(directory: Path, domains: int, responders: int, small_hosts: int = 
         "zone": str(zone_path),
         "domains_file": str(directory / "domains.txt"),
         "host_files": files,
+        "small_hosts": small_hosts,
+        "big_share": big_share,
         "seed": seed,
     }
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -124,5 +136,6 @@ if __name__ == "__main__":
     parser.add_argument("--domains", type=int, default=100_000)
     parser.add_argument("--responders", type=int, default=2)
     parser.add_argument("--small-hosts", type=int, default=SMALL_HOSTS)
+    parser.add_argument("--big-share", type=float, default=SHARES["big"])
     args = parser.parse_args()
-    print(json.dumps(generate(args.directory, args.domains, args.responders, args.small_hosts), indent=2))
+    print(json.dumps(generate(args.directory, args.domains, args.responders, args.small_hosts, args.big_share), indent=2))

@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import mmap
 import os
+import resource
 import signal
 import struct
 import sys
@@ -162,6 +163,11 @@ def main() -> None:
             if not address.startswith("127."):
                 raise SystemExit(f"{address}: the responder binds only loopback addresses")
             hosts.append((address, hostname, mode))
+    # One listening socket per address plus the open connections: raise the soft
+    # open-files limit to the hard one.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     uvloop.run(serve(hosts, args.port, args))
 
 

@@ -40,11 +40,20 @@ NSD_SCRIPT = ROOT / "tests" / "realservers" / "nsd.sh"
 DNS_ADDRESS = "127.0.53.53"
 DNS_PORT = 5353
 SMTP_PORT = 2525
-RESPONDERS = 2
+# Responder processes; each serves a quarter of the addresses, well under the
+# open-files limit of one process.
+RESPONDERS = 4
 
-# Simulated internet: seconds before the banner and before each reply.
-GREETING_DELAY = 0.5
-REPLY_DELAY = 0.1
+# Simulated internet: seconds before the banner and before each reply. A handshake
+# (banner, EHLO, QUIT) then takes about 7 s, as with a server that delays its
+# greeting to catch clients that talk first (Postfix postscreen waits 6 s).
+GREETING_DELAY = 5.0
+REPLY_DELAY = 1.0
+
+# The delay lab: most domains on their own small host, so that thousands of
+# handshakes can be in flight while each address is probed once.
+DELAY_SMALL_HOSTS = 60_000
+DELAY_BIG_SHARE = 0.10
 
 # Every child stops by itself after this many seconds, whatever happens to the runner.
 CHILD_LIFETIME = 3600.0
@@ -190,8 +199,9 @@ class Lab:
             subprocess.run(["bash", str(NSD_SCRIPT), "stop", str(self.state)], check=False)
 
 
-# Seconds for each phase of a handshake, the same for every client.
-PHASE_TIMEOUT = 5.0
+# Seconds for each phase of a handshake, the same for every client; above the
+# simulated greeting delay.
+PHASE_TIMEOUT = 10.0
 
 
 def mxscan_config(workdir: Path, domains_file: str, name: str) -> Path:
@@ -223,6 +233,17 @@ def sysadmin_command(domains_file: str, limit: int, threads: int = 64) -> list[s
             "--threads", str(threads), "--limit", str(limit), "--timeout", str(PHASE_TIMEOUT)]
 
 
+def profile_mxscan(config: Path, workdir: Path, concurrency: int, domains: int, sampler: InFlightSampler) -> None:
+    import pstats
+
+    stats_file = workdir / "mxscan.prof"
+    command = mxscan_command(config, workdir / "profiled.jsonl", concurrency)
+    command[1:1] = ["-m", "cProfile", "-o", str(stats_file)]
+    row = measure("no delay, under cProfile", "mxscan", command, domains, sampler)
+    print(f"{row.rate:.0f} domains/s under the profiler, {row.cpu_per_1000:.2f} CPU s per 1,000 domains")
+    pstats.Stats(str(stats_file)).sort_stats("tottime").print_stats(30)
+
+
 def statuses(path: Path) -> dict[str, tuple[str, str | None]]:
     found = {}
     with path.open("rb") as handle:
@@ -249,17 +270,21 @@ def subset(source: str, target: Path, count: int) -> str:
     return str(target)
 
 
-def render(rows: list[Measure], comparisons: list[tuple[str, int, int]], args: argparse.Namespace, manifest: dict) -> str:
+def render(rows: list[Measure], comparisons: list[tuple[str, int, int]], labs: dict[str, dict]) -> str:
     lines = [
-        f"Machine: {platform.node()} , {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}",
-        f"Lab: {manifest['domains']} domains, {manifest['addresses']} addresses, kinds {manifest['kinds']}",
+        f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}, {platform.platform()}",
         f"Command: {' '.join(sys.argv)}",
+        "",
+    ]
+    for name, manifest in labs.items():
+        lines.append(f"Lab {name}: {manifest['domains']} domains, {manifest['addresses']} addresses ({manifest['small_hosts']} small hosts), domains by kind {manifest['kinds']}")
+    lines += [
         "",
         "| run | client | domains | seconds | domains/s | CPU s / 1,000 domains | peak RSS MB | peak handshakes in flight |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
-        lines.append(f"| {row.label} | {row.client} | {row.domains} | {row.wall:.1f} | {row.rate:.0f} | {row.cpu_per_1000:.2f} | {row.peak_rss_mb:.0f} | {row.peak_in_flight or ''} |")
+        lines.append(f"| {row.label} | {row.client} | {row.domains} | {row.wall:.1f} | {row.rate:.0f} | {row.cpu_per_1000:.2f} | {row.peak_rss_mb:.0f} | {row.peak_in_flight} |")
     if comparisons:
         lines += ["", "| comparison | domains whose status or reason differ | domains compared |", "|---|---:|---:|"]
         for label, differ, compared in comparisons:
@@ -267,89 +292,157 @@ def render(rows: list[Measure], comparisons: list[tuple[str, int, int]], args: a
     return "\n".join(lines) + "\n"
 
 
+SCENARIOS = ("zero", "delay", "truth", "million")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--domains", type=int, default=100_000)
-    parser.add_argument("--million", action="store_true", help="add a 1,000,000-domain run for peak memory")
-    parser.add_argument("--smoke", action="store_true", help="a small lab and short runs, for CI (< 30 s)")
+    parser.add_argument("--scenarios", default="zero,delay,truth,million", help=f"comma-separated, from {', '.join(SCENARIOS)}")
+    parser.add_argument("--smoke", action="store_true", help="a small lab and short zero-delay runs, for CI (< 30 s)")
     parser.add_argument("--concurrency", type=int, default=2000, help="domains in flight for the zero-delay runs")
-    parser.add_argument("--delay-concurrency", default="500,2000,5000,10000", help="comma-separated concurrencies for the runs with simulated delay")
+    parser.add_argument("--delay-concurrency", default="1000,2500,5000,10000", help="comma-separated concurrencies for the runs with simulated delay")
+    parser.add_argument("--delay-domains", type=int, default=30_000, help="domains of the delay lab swept at each concurrency")
     parser.add_argument("--sysadmin-domains", type=int, default=10_000, help="domains for the sysadmin script (it is slow)")
     parser.add_argument("--workdir", type=Path, help="keep the lab and outputs here instead of a temporary folder")
     parser.add_argument("--record", type=Path, help="also write the markdown record to this file")
+    parser.add_argument("--profile", action="store_true", help="only run mxscan at zero delay under cProfile and print where its time goes")
     args = parser.parse_args()
-    if shutil.which("nsd") is None and not Path("/usr/sbin/nsd").exists():
+    scenarios = [name.strip() for name in args.scenarios.split(",") if name.strip()]
+    unknown = set(scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios {sorted(unknown)}; valid: {', '.join(SCENARIOS)}")
+    if not Path("/usr/sbin/nsd").exists() and shutil.which("nsd") is None:
         raise SystemExit("NSD is not installed: apt-get install nsd")
     _patch_popen_wait()
 
     global PHASE_TIMEOUT
-    small_hosts = genlab.SMALL_HOSTS
     if args.smoke:
-        args.domains, args.million, args.concurrency, args.sysadmin_domains = 1000, False, 200, 200
-        small_hosts = 200
+        args.domains, args.concurrency, args.sysadmin_domains = 1000, 200, 200
+        scenarios = ["zero"]
         PHASE_TIMEOUT = 1.0
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mxscan-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    manifest = genlab.generate(workdir / "lab", args.domains, RESPONDERS, small_hosts)
-    domains_file = manifest["domains_file"]
     lab = Lab(workdir)
-    rows: list[Measure] = []
-    comparisons = []
-    sampler = InFlightSampler(lab.stats)
+    bench = Bench(args, lab, workdir)
     try:
-        lab.start_dns(Path(manifest["zone"]))
-        config = mxscan_config(workdir, domains_file, "sweep")
-        n = args.domains
-
-        # Zero delay: throughput against the floor and the thread-pool script.
-        lab.start_smtp(manifest["host_files"], 0.0, 0.0)
-        high_zero = workdir / "zero-high.jsonl"
-        rows.append(measure("no delay", "mxscan", mxscan_command(config, high_zero, args.concurrency), n, sampler))
-        rows.append(measure("no delay", "floor", floor_command(domains_file, args.concurrency), n, sampler))
-        rows.append(measure("no delay", "sysadmin (64 threads)", sysadmin_command(domains_file, args.sysadmin_domains), min(n, args.sysadmin_domains), sampler))
-        low_zero = workdir / "zero-20.jsonl"
-        rows.append(measure("no delay", "mxscan, concurrency 20", mxscan_command(config, low_zero, 20), n, sampler))
-        comparisons.append(compare(f"no delay: concurrency {args.concurrency} against 20", high_zero, low_zero))
-
-        if args.smoke:
-            return _finish(rows, comparisons, args, manifest, workdir)
-
-        # Simulated internet: greeting and reply delays.
-        lab.start_smtp(manifest["host_files"], GREETING_DELAY, REPLY_DELAY)
-        concurrencies = [int(value) for value in args.delay_concurrency.split(",")]
-        for concurrency in concurrencies:
-            output = workdir / f"delay-{concurrency}.jsonl"
-            rows.append(measure(f"delay {GREETING_DELAY}+{REPLY_DELAY} s", f"mxscan, concurrency {concurrency}", mxscan_command(config, output, concurrency), n, sampler))
-        top = max(concurrencies)
-        rows.append(measure(f"delay {GREETING_DELAY}+{REPLY_DELAY} s", f"floor, concurrency {top}", floor_command(domains_file, top), n, sampler))
-        part = min(n, 5000)
-        part_file = subset(domains_file, workdir / "part.txt", part)
-        part_config = mxscan_config(workdir, part_file, "part")
-        part_high, part_low = workdir / "part-high.jsonl", workdir / "part-20.jsonl"
-        rows.append(measure(f"delay, first {part}", f"mxscan, concurrency {top}", mxscan_command(part_config, part_high, top), part, sampler))
-        rows.append(measure(f"delay, first {part}", "mxscan, concurrency 20", mxscan_command(part_config, part_low, 20), part, sampler))
-        comparisons.append(compare(f"delay, first {part}: concurrency {top} against 20", part_high, part_low))
-
-        if args.million:
-            lab.stop_smtp()
-            big = genlab.generate(workdir / "lab-1m", 1_000_000, RESPONDERS, small_hosts)
-            lab.load_zone(Path(big["zone"]))
-            lab.start_smtp(big["host_files"], 0.0, 0.0)
-            big_config = mxscan_config(workdir, big["domains_file"], "million")
-            rows.append(measure("no delay, 1,000,000", "mxscan", mxscan_command(big_config, Path("/dev/null"), args.concurrency), 1_000_000, sampler))
+        if args.profile:
+            bench.profile()
+        else:
+            for name in scenarios:
+                getattr(bench, f"scenario_{name}")()
     finally:
         lab.stop()
-    _finish(rows, comparisons, args, manifest, workdir)
-
-
-def _finish(rows: list[Measure], comparisons: list, args: argparse.Namespace, manifest: dict, workdir: Path) -> None:
-    record = render(rows, comparisons, args, manifest)
-    print(record)
-    if args.record:
-        args.record.write_text(record)
+    if not args.profile:
+        record = render(bench.rows, bench.comparisons, bench.labs)
+        print(record)
+        if args.record:
+            args.record.write_text(record)
     if not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
 
+
+class Bench:
+    """The scenarios of one benchmark run, sharing one NSD and one set of responders."""
+
+    def __init__(self, args: argparse.Namespace, lab: Lab, workdir: Path) -> None:
+        self.args = args
+        self.lab = lab
+        self.workdir = workdir
+        self.sampler = InFlightSampler(lab.stats)
+        self.rows: list[Measure] = []
+        self.comparisons: list[tuple[str, int, int]] = []
+        self.labs: dict[str, dict] = {}
+        self._current: tuple | None = None
+
+    def use_lab(self, name: str, domains: int, small_hosts: int, big_share: float, greeting_delay: float, reply_delay: float) -> dict:
+        """Generate (once) and serve the lab ``name`` with the given delays."""
+        if name not in self.labs:
+            self.labs[name] = genlab.generate(self.workdir / name, domains, RESPONDERS, small_hosts, big_share)
+        manifest = self.labs[name]
+        key = (name, greeting_delay, reply_delay)
+        if self._current != key:
+            self.lab.stop_smtp()
+            if self.lab.nsd_started:
+                self.lab.load_zone(Path(manifest["zone"]))
+            else:
+                self.lab.start_dns(Path(manifest["zone"]))
+            self.lab.start_smtp(manifest["host_files"], greeting_delay, reply_delay)
+            self._current = key
+        return manifest
+
+    def zero_lab(self) -> dict:
+        small = 200 if self.args.smoke else genlab.SMALL_HOSTS
+        return self.use_lab("lab", self.args.domains, small, genlab.SHARES["big"], 0.0, 0.0)
+
+    def run(self, label: str, client: str, command: list[str], domains: int) -> Measure:
+        row = measure(label, client, command, domains, self.sampler)
+        self.rows.append(row)
+        print(f"{label} | {client}: {row.rate:.0f} domains/s, {row.cpu_per_1000:.2f} CPU s / 1,000, {row.peak_rss_mb:.0f} MB, {row.peak_in_flight} in flight", file=sys.stderr, flush=True)
+        return row
+
+    def scenario_zero(self) -> None:
+        """Zero delay: mxscan against the floor client and the thread-pool script."""
+        manifest = self.zero_lab()
+        n, top = self.args.domains, self.args.concurrency
+        config = mxscan_config(self.workdir, manifest["domains_file"], "zero")
+        self.run("no delay", f"mxscan, concurrency {top}", mxscan_command(config, self.workdir / "zero-high.jsonl", top), n)
+        self.run("no delay", f"floor, concurrency {top}", floor_command(manifest["domains_file"], top), n)
+        limit = min(n, self.args.sysadmin_domains)
+        self.run("no delay", "sysadmin, 64 threads", sysadmin_command(manifest["domains_file"], limit), limit)
+
+    def scenario_truth(self) -> None:
+        """The same statuses and reasons at the highest concurrency as at 20."""
+        manifest = self.zero_lab()
+        n = self.args.domains
+        config = mxscan_config(self.workdir, manifest["domains_file"], "zero")
+        top = max([self.args.concurrency] + delay_concurrencies(self.args))
+        high, low = self.workdir / "truth-high.jsonl", self.workdir / "truth-20.jsonl"
+        self.run("no delay", f"mxscan, concurrency {top}", mxscan_command(config, high, top), n)
+        self.run("no delay", "mxscan, concurrency 20", mxscan_command(config, low, 20), n)
+        self.comparisons.append(compare(f"no delay, {n} domains: concurrency {top} against 20", high, low))
+
+        delay = self.delay_lab()
+        part = 500
+        part_config = mxscan_config(self.workdir, subset(delay["domains_file"], self.workdir / "delay-part.txt", part), "delay-part")
+        high, low = self.workdir / "delay-part-high.jsonl", self.workdir / "delay-part-20.jsonl"
+        self.run(f"delay, first {part}", f"mxscan, concurrency {top}", mxscan_command(part_config, high, top), part)
+        self.run(f"delay, first {part}", "mxscan, concurrency 20", mxscan_command(part_config, low, 20), part)
+        self.comparisons.append(compare(f"delay, first {part} domains: concurrency {top} against 20", high, low))
+
+    def delay_lab(self) -> dict:
+        return self.use_lab("delay-lab", self.args.delay_domains, DELAY_SMALL_HOSTS, DELAY_BIG_SHARE, GREETING_DELAY, REPLY_DELAY)
+
+    def scenario_delay(self) -> None:
+        """Simulated internet: handshakes in flight and domains per second by concurrency."""
+        manifest = self.delay_lab()
+        n = self.args.delay_domains
+        config = mxscan_config(self.workdir, manifest["domains_file"], "delay")
+        label = f"delay {GREETING_DELAY:g}+{REPLY_DELAY:g} s"
+        concurrencies = delay_concurrencies(self.args)
+        for concurrency in concurrencies:
+            self.run(label, f"mxscan, concurrency {concurrency}", mxscan_command(config, self.workdir / f"delay-{concurrency}.jsonl", concurrency), n)
+        top = max(concurrencies)
+        self.run(label, f"floor, concurrency {top}", floor_command(manifest["domains_file"], top), n)
+
+    def scenario_million(self) -> None:
+        """Peak memory for 1,000,000 domains, beside the same run on the 100,000-domain lab."""
+        top = self.args.concurrency
+        manifest = self.zero_lab()
+        config = mxscan_config(self.workdir, manifest["domains_file"], "zero")
+        self.run("no delay, memory", f"mxscan, concurrency {top}", mxscan_command(config, Path("/dev/null"), top), self.args.domains)
+        big = self.use_lab("lab-1m", 1_000_000, genlab.SMALL_HOSTS, genlab.SHARES["big"], 0.0, 0.0)
+        big_config = mxscan_config(self.workdir, big["domains_file"], "million")
+        self.run("no delay, memory", f"mxscan, concurrency {top}", mxscan_command(big_config, Path("/dev/null"), top), 1_000_000)
+
+    def profile(self) -> None:
+        manifest = self.zero_lab()
+        config = mxscan_config(self.workdir, manifest["domains_file"], "zero")
+        profile_mxscan(config, self.workdir, self.args.concurrency, self.args.domains, self.sampler)
+
+
+def delay_concurrencies(args: argparse.Namespace) -> list[int]:
+    return [int(value) for value in args.delay_concurrency.split(",") if value.strip()]
 
 if __name__ == "__main__":
     main()
