@@ -134,7 +134,7 @@ def test_failure_before_greeting_fails_address(failure_phase_index):
     assert dialogue.greeting is None
 
 
-# Arbitrary sequences: whatever the server answers, the dialogue ends, never sends DATA
+# Arbitrary sequences: whatever the server replies, the dialogue ends, never sends DATA
 # without a planned message, keeps QUIT last and records reasons from the closed set.
 
 codes = st.sampled_from([220, 221, 250, 251, 252, 354, 421, 450, 451, 452, 454, 500, 501, 502, 530, 550, 551, 553, 554])
@@ -162,7 +162,7 @@ def test_any_reply_sequence(plan, sequence):
         if action.kind in (ActionKind.DONE, ActionKind.CLOSE):
             break
         if event == "tls" and action.kind is not ActionKind.TLS:
-            continue  # a handshake result only answers a TLS action
+            continue  # a handshake result only follows a TLS action
         if action.kind is ActionKind.SEND:
             sent.append(action.args[0])
         if isinstance(event, Failure):

@@ -1,8 +1,8 @@
 """One SMTP session with one address: the actions of a ``Dialogue``, performed on a connection.
 
-``scanner.smtp.dialogue`` decides every step and what each reply means; this module
+``scanner.smtp.dialogue`` decides every step and what each reply means. This module
 only performs the actions it returns (read, send, TLS handshake, send the test
-message, close), measures each one, and turns what the dialogue saw into the record.
+message, close), times each one, and turns what the dialogue saw into the record.
 Only a plan made by ``mxscan check --send`` carries a message, and only then does a
 session send DATA.
 """

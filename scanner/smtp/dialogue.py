@@ -17,9 +17,10 @@ The order of a session, with the rules from ``scanner.smtp.handshake``:
            -> QUIT, or a plain close after a 421 or a broken connection
 
 A failure of the banner or greeting fails the address. A failure during STARTTLS or
-the TLS handshake is kept in the TLS part and ends the session (the connection is in an
-unknown state); a failure during the recipient steps is kept in the recipient part. A
-failure of QUIT is never recorded as a failure: the handshake is already over.
+the TLS handshake is kept in the TLS part and ends the session, because the connection
+is then in an unknown state. A failure during the recipient steps is kept in the
+recipient part. A failure of QUIT is never recorded as a failure: the handshake is
+already over.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class ActionKind(str, enum.Enum):
 
 
 class Timeout(str, enum.Enum):
-    """Which configured timeout bounds an action."""
+    """The configured timeout that bounds an action."""
 
     BANNER = "banner"
     REPLY = "reply"
