@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -83,3 +84,105 @@ def test_ten_thousand_domains(record_schema):
     assert connections == [1] * len(HOSTS)
     # The silent host costs one banner timeout (1 s); DNS and the rest are fast.
     assert elapsed < 60, elapsed
+
+
+# The DNS stage at scale: the query slots, the channel pool and the digest set.
+
+
+def test_slots_hand_over_in_order(run):
+    from scanner.dns.resolver import _Slots
+
+    async def scenario():
+        slots = _Slots(2)
+        order = []
+
+        async def user(index):
+            async with slots:
+                order.append(index)
+                await asyncio.sleep(0.01)
+
+        await asyncio.gather(*(user(index) for index in range(20)))
+        return order, slots._free
+
+    order, free = run(scenario())
+    assert order == list(range(20))
+    assert free == 2
+
+
+def test_slots_cancelled_waiter_passes_slot(run):
+    from scanner.dns.resolver import _Slots
+
+    async def scenario():
+        slots = _Slots(1)
+        await slots.acquire()
+        waiter = asyncio.ensure_future(slots.acquire())
+        other = asyncio.ensure_future(slots.acquire())
+        await asyncio.sleep(0)
+        # The slot goes to the first waiter, which is cancelled before it runs.
+        slots.release()
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+        await asyncio.wait_for(other, 1.0)
+        slots.release()
+        return slots._free, len(slots._waiters)
+
+    assert run(scenario()) == (1, 0)
+
+
+def test_resolver_spreads_queries_over_channels(run):
+    from scanner.dns import resolver as resolver_module
+
+    records = {f"h{index}.many.test": {"A": [f"127.0.46.{index % 250 + 1}"]} for index in range(1200)}
+
+    async def scenario():
+        async with Lab.from_dict(world(records, [], dns_address="127.0.46.253")) as lab:
+            resolver = resolver_module.Resolver((lab.resolver,), timeout=5.0, retries=1, concurrency=600)
+            try:
+                answers = await asyncio.gather(*(resolver.query(name, "A") for name in records))
+                return answers, len(resolver._channels), resolver.channels_opened
+            finally:
+                await resolver.close()
+
+    answers, channels, opened = run(scenario())
+    assert all(len(answer) == 1 for answer in answers)
+    assert channels == -(-600 // resolver_module.CHANNEL_QUERIES_IN_FLIGHT)
+    assert opened == channels
+
+
+def test_resolver_retires_channels_after_budget(run, monkeypatch):
+    from scanner.dns import resolver as resolver_module
+
+    monkeypatch.setattr(resolver_module, "CHANNEL_QUERY_BUDGET", 50)
+    records = {f"r{index}.retire.test": {"A": ["127.0.47.1"]} for index in range(400)}
+
+    async def scenario():
+        async with Lab.from_dict(world(records, [], dns_address="127.0.47.253")) as lab:
+            resolver = resolver_module.Resolver((lab.resolver,), timeout=5.0, retries=1, concurrency=100)
+            try:
+                answers = await asyncio.gather(*(resolver.query(name, "A") for name in records))
+                return answers, resolver.channels_opened, len(resolver._retired)
+            finally:
+                await resolver.close()
+
+    answers, opened, still_retiring = run(scenario())
+    assert all(len(answer) == 1 for answer in answers)
+    # 400 queries at 50 per channel: every channel but the current one was retired.
+    assert opened >= 400 // 50
+    assert still_retiring == 0
+
+
+def test_digest_set_members():
+    from scanner.keyset import DigestSet
+
+    digests = DigestSet()
+    values = [index * 0x9E3779B97F4A7C15 % (1 << 64) for index in range(1, 10_001)]
+    for value in values:
+        assert digests.add(value)
+    assert len(digests) == len(values)
+    for value in values:
+        assert value in digests
+        assert not digests.add(value)
+    assert (1 << 63) + 12345 not in digests
+    # Zero is a valid digest although it marks empty slots inside the table.
+    assert digests.add(0)
+    assert 0 in digests
