@@ -20,6 +20,7 @@ import mmap
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -116,6 +117,10 @@ def measure(label: str, client: str, command: list[str], domains: int, sampler: 
         sampler.__enter__()
     try:
         stdout, stderr = process.communicate(timeout=CHILD_LIFETIME)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
     finally:
         if sampler:
             sampler.__exit__()
@@ -295,6 +300,10 @@ def render(rows: list[Measure], comparisons: list[tuple[str, int, int]], labs: d
 SCENARIOS = ("zero", "delay", "truth", "million")
 
 
+def _exit_on_signal(signum: int, frame) -> None:
+    raise SystemExit(f"stopped by {signal.Signals(signum).name}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--domains", type=int, default=100_000)
@@ -315,6 +324,10 @@ def main() -> None:
     if not Path("/usr/sbin/nsd").exists() and shutil.which("nsd") is None:
         raise SystemExit("NSD is not installed: apt-get install nsd")
     _patch_popen_wait()
+    # Stop cleanly on SIGTERM and SIGINT, even when started in the background (where
+    # a shell ignores SIGINT): the lab's servers are stopped in the finally below.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGINT, _exit_on_signal)
 
     global PHASE_TIMEOUT
     if args.smoke:

@@ -1,10 +1,12 @@
-"""A 10,000-domain lab sweep: exactly one valid line per domain, within its bounds."""
+"""Sweeps at scale: a 10,000-domain lab sweep, the DNS stage's slots and channels, the
+key set, and the output encoding."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
+import hypothesis
 import pytest
 import uvloop
 
@@ -186,3 +188,47 @@ def test_digest_set_members():
     # Zero is a valid digest although it marks empty slots inside the table.
     assert digests.add(0)
     assert 0 in digests
+
+
+# Output lines: orjson on the fast path, json.dumps where orjson would differ.
+
+
+def _reference_line(result) -> bytes:
+    import json
+
+    from scanner.results import to_json_dict
+
+    return (json.dumps(to_json_dict(result), ensure_ascii=True, separators=(",", ":")) + "\n").encode("ascii")
+
+
+def test_encode_line_matches_json_dumps():
+    from scanner.output import encode_line
+    from scanner.results import DomainResult, Failure, Phase, Reason, Status
+
+    cases = [
+        DomainResult("a.test", "a.test", ("t1",), Status.REACHABLE, "2026-12-04T20:00:00.000Z", 12.5),
+        # Server text with control characters, quotes and an escape sequence.
+        DomainResult("b.test", "b.test", (), Status.UNREACHABLE, "2026-12-04T20:00:00.000Z", 0.1,
+                     failure=Failure(Phase.BANNER, Reason.BANNER_REJECTED, 'no "service"\x1b[31m\r\n\t\x7f')),
+        # Non-ASCII text must come out as \\u escapes, never as UTF-8.
+        DomainResult("Bücher.test", "xn--bcher-kva.test", ("é",), Status.INVALID_INPUT, "2026-12-04T20:00:00.000Z", 0.0,
+                     failure=Failure(Phase.INPUT, Reason.INVALID_LABEL, "bad \u2028 label \U0001F600")),
+        # An integer beyond 64 bits, which orjson rejects.
+        DomainResult("c.test", "c.test", (), Status.REACHABLE, "2026-12-04T20:00:00.000Z", 1.0, mx_left_out=1 << 70),
+    ]
+    for result in cases:
+        line = encode_line(result)
+        assert line == _reference_line(result), result.domain
+        assert line.isascii()
+        assert line.count(b"\n") == 1
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(text=hypothesis.strategies.text(), number=hypothesis.strategies.integers(min_value=0))
+def test_encode_line_any_text(text, number):
+    from scanner.output import encode_line
+    from scanner.results import DomainResult, Failure, Phase, Reason, Status
+
+    result = DomainResult(text, None, (text,), Status.INVALID_INPUT, "2026-12-04T20:00:00.000Z", 0.0,
+                          failure=Failure(Phase.INPUT, Reason.INVALID_LABEL, text), mx_left_out=number)
+    assert encode_line(result) == _reference_line(result)
