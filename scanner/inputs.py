@@ -14,6 +14,7 @@ import dataclasses
 import ipaddress
 import logging
 import re
+import reprlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,11 @@ MAX_LABEL_LENGTH = 63
 # for a hyphen.
 _LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
-# One input line is read at a time, so this only bounds a pathological file with no newlines.
+# Longest input line read; longer lines (a binary file, a list without newlines) become
+# one invalid entry and are skipped without being held in memory.
 MAX_INPUT_LINE = 4096
+
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -106,8 +110,27 @@ def make_entry(given: str, tags: tuple[str, ...] = (), source: str = "") -> Entr
     try:
         name = normalise_name(given)
     except InvalidName as exc:
-        return Entry(given=given, name=None, tags=tags, invalid=exc.reason, problem=str(exc), source=source)
+        # An invalid entry may hold anything, terminal escape sequences included.
+        return Entry(given=escape_input(given), name=None, tags=tags, invalid=exc.reason, problem=escape_input(str(exc)), source=source)
     return Entry(given=given, name=name, tags=tags, source=source)
+
+
+# reprlib bounds the work, not only the text: YAML aliases can nest a list of nine
+# lists nine levels deep in a few hundred bytes, and a plain repr() would render all
+# 9**9 leaves before any cut.
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 3
+_REPR.maxstring = 120
+_REPR.maxother = 120
+
+
+def _short_repr(item: Any) -> str:
+    return escape_input(_REPR.repr(item))[:200]
+
+
+def escape_input(text: str) -> str:
+    """Escape control characters in text from the input list, as server text is escaped."""
+    return _CONTROL_RE.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
 
 
 def _entry_from_yaml(item: Any, index: int) -> Entry:
@@ -123,26 +146,35 @@ def _entry_from_yaml(item: Any, index: int) -> Entry:
         if not isinstance(given, str) or unknown or not isinstance(tags, (list, tuple)):
             problem = (
                 f"{source}: expected a name or a mapping with 'domain' (a string) and optional 'tags' (a list); "
-                f"got {item!r}"
+                f"got {_short_repr(item)}"
             )
-            return Entry(given=repr(item)[:200], name=None, invalid=Reason.INVALID_LABEL, problem=problem, source=source)
-        return make_entry(given, tuple(str(tag) for tag in tags), source=source)
-    problem = f"{source}: expected a domain name, got {type(item).__name__} {item!r}"
-    return Entry(given=repr(item)[:200], name=None, invalid=Reason.INVALID_LABEL, problem=problem, source=source)
+            return Entry(given=_short_repr(item), name=None, invalid=Reason.INVALID_LABEL, problem=problem, source=source)
+        return make_entry(given, tuple(escape_input(str(tag)) for tag in tags), source=source)
+    problem = f"{source}: expected a domain name, got {type(item).__name__} {_short_repr(item)}"
+    return Entry(given=_short_repr(item), name=None, invalid=Reason.INVALID_LABEL, problem=problem, source=source)
 
 
 def read_domains_file(path: Path) -> Iterator[Entry]:
     """Yield one entry per non-blank, non-comment line of ``path``, without reading it whole."""
     # utf-8-sig drops the byte-order mark that Windows editors put at the start of a file.
     with path.open("r", encoding="utf-8-sig", errors="backslashreplace", newline=None) as handle:
-        for number, line in enumerate(handle, start=1):
+        number = 0
+        while True:
+            line = handle.readline(MAX_INPUT_LINE + 1)
+            if not line:
+                return
+            number += 1
+            if len(line) > MAX_INPUT_LINE and not line.endswith("\n"):
+                # Skip the rest of an overlong line without holding it in memory.
+                while (rest := handle.readline(MAX_INPUT_LINE)) and not rest.endswith("\n"):
+                    pass
+                source = f"{path.name}:{number}"
+                yield Entry(given=escape_input(line[:200]), name=None, invalid=Reason.NAME_TOO_LONG, problem=f"{source}: line longer than {MAX_INPUT_LINE} characters", source=source)
+                continue
             text = line.split("#", 1)[0].strip()
             if not text:
                 continue
             source = f"{path.name}:{number}"
-            if len(text) > MAX_INPUT_LINE:
-                yield Entry(given=text[:200], name=None, invalid=Reason.NAME_TOO_LONG, problem=f"{source}: line too long", source=source)
-                continue
             entry = make_entry(text, source=source)
             if entry.invalid:
                 log.warning("%s: invalid domain %r: %s", source, text, entry.problem)

@@ -207,3 +207,28 @@ def test_write_error_stops_sweep(tmp_path):
     assert result.returncode == 1
     assert "cannot write the results: No space left on device" in result.stderr.decode()
     assert b"Traceback" not in result.stderr
+
+
+def test_yaml_alias_bomb_is_cheap(tmp_path):
+    # Nine lists of nine, nested nine deep through aliases: 9**9 leaves in 600 bytes.
+    nested = 'domains: [good.test, &x0 ["x.test", "x.test", "x.test", "x.test", "x.test", "x.test", "x.test", "x.test", "x.test"]'
+    for level in range(1, 9):
+        nested += f", &x{level} [" + ", ".join([f"*x{level - 1}"] * 9) + "]"
+    path = write(tmp_path, nested + "]\nresolvers: ['127.0.0.1:9']\ndns: {timeout: 0.2, retries: 0}\n")
+    result = mxscan("-q", "scan", str(path), timeout=30)
+    assert result.returncode == 0
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == 10
+    assert all(len(record["domain"]) <= 200 for record in records)
+
+
+def test_overlong_line_and_control_characters(tmp_path, record_schema):
+    (tmp_path / "list.txt").write_bytes(b"a" * 100_000 + b"\nok.test\n\x1b[2Jclear.test\n")
+    path = write(tmp_path, "domains_file: list.txt\nresolvers: ['127.0.0.1:9']\ndns: {timeout: 0.2, retries: 0}\n")
+    result = mxscan("-q", "scan", str(path))
+    records = {record["status"] + ":" + str(record["reason"]): record for record in map(json.loads, result.stdout.splitlines())}
+    assert len(records) == 3
+    assert records["invalid_input:name_too_long"]["domain"] == "a" * 200
+    assert records["invalid_input:invalid_label"]["domain"] == "\\x1b[2Jclear.test"
+    for record in records.values():
+        record_schema.validate(record)
