@@ -248,3 +248,20 @@ def test_garbage_reply_spares_other_domains(run):
     assert found["nomail.test"]["status"] == "null_mx"
     for index in range(30):
         assert found[f"d{index}.test"]["status"] == "reachable", found[f"d{index}.test"]
+
+
+def test_unfinished_cname_chain_is_followed(run):
+    # The lab stops a chain after eight CNAME links, as resolvers that cap chains do.
+    records = {f"c{index}.test": {"CNAME": [f"c{index + 1}.test."]} for index in range(11)}
+    records["c11.test"] = {"MX": ["10 mx.c.test."]}
+    records["mx.c.test"] = {"A": ["127.0.31.251"]}
+    records.update({f"long{index}.test": {"CNAME": [f"long{index + 1}.test."]} for index in range(20)})
+    records["long20.test"] = {"MX": ["10 mx.c.test."]}
+
+    async def scenario():
+        async with Lab.from_dict(world(records, [("127.0.31.251", "mx.c.test", "esmtp")])) as lab:
+            return await sweep_lab(lab, ["c0.test", "long0.test"])
+
+    found = by_domain(run(scenario()))
+    assert found["c0.test"]["status"] == "reachable"
+    assert (found["long0.test"]["status"], found["long0.test"]["reason"]) == ("dns_error", "cname_loop")
