@@ -202,6 +202,11 @@ def _command_scan(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if summary.stopped_by else EXIT_OK
 
 
+def _print_lab(lab) -> None:
+    print(f"lab DNS: {lab.resolver}  SMTP port: {lab.smtp_port}  hosts: {len(lab.hosts)}", flush=True)
+    print(f"try: mxscan check good.test --resolver {lab.resolver} --port {lab.smtp_port} --allow-private --ehlo-name scanner.test", flush=True)
+
+
 def _command_lab(args: argparse.Namespace) -> int:
     from .lab.demo import serve_lab
     from .lab.world import LabConfigError
@@ -209,7 +214,7 @@ def _command_lab(args: argparse.Namespace) -> int:
     if args.duration is not None and not args.duration > 0:
         raise ConfigError(f"--duration: expected a positive number of seconds, got {args.duration}")
     try:
-        uvloop.run(serve_lab(args.world, args.duration))
+        uvloop.run(serve_lab(args.world, args.duration, _print_lab))
     except (LabConfigError, OSError) as exc:
         raise ConfigError(f"cannot start the lab: {exc}") from None
     return EXIT_OK

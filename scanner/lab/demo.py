@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from ..config import load_config, with_overrides
@@ -27,16 +28,15 @@ async def run_demo(output: Path | None) -> Summary:
         return await sweep_to(config, settings, output)
 
 
-async def serve_lab(path: Path | None, duration: float | None) -> None:
-    """Run a lab world until SIGINT or SIGTERM (or ``duration`` seconds), printing where it listens."""
+async def serve_lab(path: Path | None, duration: float | None, on_ready: Callable[[Lab], None]) -> None:
+    """Run a lab world until SIGINT or SIGTERM (or ``duration`` seconds); ``on_ready`` gets the started lab."""
     lab = Lab.from_yaml(path or DEMO_LAB)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with lab:
-        print(f"lab DNS: {lab.resolver}  SMTP port: {lab.smtp_port}  hosts: {len(lab.hosts)}", flush=True)
-        print(f"try: mxscan check good.test --resolver {lab.resolver} --port {lab.smtp_port} --allow-private --ehlo-name scanner.test", flush=True)
+        on_ready(lab)
         try:
             await asyncio.wait_for(stop.wait(), timeout=duration)
         except TimeoutError:
