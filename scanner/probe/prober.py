@@ -48,6 +48,8 @@ class Prober:
         self._slots = asyncio.Semaphore(settings.connection_limit)
         recipient = settings.recipient
         self._recipient_limiter = AddressLimiter(recipient.per_address_sessions, recipient.per_address_rate)
+        # NOTE: never pruned, so that each address is probed once per sweep; memory
+        # grows with the distinct addresses a sweep meets (a few KB each).
         self._cache: dict[str, asyncio.Future[ProbeResult]] = {}
         self.connections = 0
 
