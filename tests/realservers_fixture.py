@@ -30,7 +30,6 @@ lacks a package cannot pass by skipping.
 from __future__ import annotations
 
 import atexit
-import datetime
 import logging
 import os
 import shutil
@@ -45,10 +44,8 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from scanner.lab.certs import make_self_signed
 
 logger = logging.getLogger(__name__)
 
@@ -135,34 +132,6 @@ def require_real_servers() -> None:
     pytest.skip(message)
 
 
-def make_self_signed_certificate(hostname: str, cert_path: Path, key_path: Path) -> None:
-    """Write a P-256 key and a self-signed certificate for hostname, valid 30 days."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-
-    key_bytes = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    key_path.touch(mode=0o600)
-    key_path.write_bytes(key_bytes)
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-
-
 def mail_zone_text(origin: str, mx_address: str, serial: int = 1) -> str:
     """Return a zone file with MX 10 mx.<origin> and that host's A record."""
     return (
@@ -244,7 +213,8 @@ class RealServers:
     def start(self) -> None:
         """Start NSD, load the default zone, then start Unbound and Postfix."""
         self.tls_cert_path.parent.mkdir(parents=True)
-        make_self_signed_certificate(self.postfix_hostname, self.tls_cert_path, self.tls_key_path)
+        files = make_self_signed(self.postfix_hostname, self.tls_cert_path.parent)
+        self.tls_cert_path, self.tls_key_path = files.certificate, files.key
 
         output = run_script("nsd.sh", "start", self.state_dir / "nsd", AUTHORITY_ADDRESS, AUTHORITY_PORT)
         self.pids["nsd"] = int(output.split()[-1])
@@ -421,9 +391,8 @@ class RealExim:
         """Make a certificate, start Exim and load the zone exim.test into NSD."""
         certificate_dir = self.servers.state_dir / "exim-certificate"
         certificate_dir.mkdir()
-        cert_path = certificate_dir / "cert.pem"
-        key_path = certificate_dir / "key.pem"
-        make_self_signed_certificate(self.hostname, cert_path, key_path)
+        files = make_self_signed(self.hostname, certificate_dir)
+        cert_path, key_path = files.certificate, files.key
 
         output = run_script(
             "exim.sh",
