@@ -1,9 +1,9 @@
 """Generate the benchmark lab: a domain list, an NSD zone and the responders' host lists.
 
-The shape follows mail on the internet: a few big providers serve a large share of
-domains (Zipf weights over BIG_HOSTS addresses), thousands of small hosts serve a few
-domains each, and some addresses misbehave (421 busy, 554 reject, silent, nothing
-listening). Some domains publish a null MX and some do not exist. Everything lives
+The shape follows mail on the internet. A few big providers serve a large share of
+domains (Zipf weights over BIG_HOSTS addresses), and thousands of small hosts serve a
+few domains each. Some addresses misbehave: 421 busy, 554 reject, silent, or nothing
+listening. Some domains publish a null MX and some do not exist. Everything lives
 under bench.test. and on 127.0.0.0/8. The same seed gives the same lab.
 """
 

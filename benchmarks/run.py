@@ -56,7 +56,8 @@ REPLY_DELAY = 1.0
 DELAY_SMALL_HOSTS = 60_000
 DELAY_BIG_SHARE = 0.10
 
-# Every child stops by itself after this many seconds, whatever happens to the runner.
+# Seconds after which a responder exits by itself (even if the runner died) and after
+# which the runner kills a client that has not finished.
 CHILD_LIFETIME = 3600.0
 
 
@@ -69,6 +70,11 @@ class Measure:
     cpu: float
     peak_rss_mb: float
     peak_in_flight: int = 0
+    # Handshakes in flight, averaged over the samples taken while at least one was open.
+    mean_in_flight: float = 0.0
+    # The same average over the middle 60 % of those samples: the steady state,
+    # without the ramp at the start and the tail of slow hosts at the end.
+    steady_in_flight: float = 0.0
     counts: dict = dataclasses.field(default_factory=dict)
 
     @property
@@ -91,6 +97,7 @@ class InFlightSampler:
 
     def __enter__(self) -> "InFlightSampler":
         self.peak = 0
+        self.busy: list[int] = []
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -102,11 +109,22 @@ class InFlightSampler:
             while not self._stop.wait(0.05):
                 total = sum(int.from_bytes(view[i * SLOT_BYTES:(i + 1) * SLOT_BYTES], "little", signed=True) for i in range(RESPONDERS))
                 self.peak = max(self.peak, total)
+                if total > 0:
+                    self.busy.append(total)
             view.close()
 
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
         self._thread.join()
+
+    @property
+    def mean(self) -> float:
+        return sum(self.busy) / len(self.busy) if self.busy else 0.0
+
+    @property
+    def steady(self) -> float:
+        middle = self.busy[len(self.busy) // 5 : len(self.busy) * 4 // 5]
+        return sum(middle) / len(middle) if middle else 0.0
 
 
 def measure(label: str, client: str, command: list[str], domains: int, sampler: InFlightSampler | None = None, stdout_path: Path | None = None) -> Measure:
@@ -134,7 +152,9 @@ def measure(label: str, client: str, command: list[str], domains: int, sampler: 
     if client != "mxscan" and stdout:
         report = json.loads(stdout.decode().splitlines()[-1])
         counts = report["counts"]
-    return Measure(label, client, domains, wall, usage[0] if usage else float("nan"), usage[1] if usage else float("nan"), sampler.peak if sampler else 0, counts)
+    cpu, peak_rss = usage if usage else (float("nan"), float("nan"))
+    peak, mean, steady = (sampler.peak, sampler.mean, sampler.steady) if sampler else (0, 0.0, 0.0)
+    return Measure(label, client, domains, wall, cpu, peak_rss, peak, mean, steady, counts)
 
 
 _child_usage: dict[int, tuple[float, float]] = {}
@@ -285,11 +305,13 @@ def render(rows: list[Measure], comparisons: list[tuple[str, int, int]], labs: d
         lines.append(f"Lab {name}: {manifest['domains']} domains, {manifest['addresses']} addresses ({manifest['small_hosts']} small hosts), domains by kind {manifest['kinds']}")
     lines += [
         "",
-        "| run | client | domains | seconds | domains/s | CPU s / 1,000 domains | peak RSS MB | peak handshakes in flight |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| run | client | domains | seconds | domains/s | CPU s / 1,000 domains | peak RSS MB | handshakes in flight: peak | mean | steady |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
-        lines.append(f"| {row.label} | {row.client} | {row.domains} | {row.wall:.1f} | {row.rate:.0f} | {row.cpu_per_1000:.2f} | {row.peak_rss_mb:.0f} | {row.peak_in_flight} |")
+        lines.append(
+            f"| {row.label} | {row.client} | {row.domains} | {row.wall:.1f} | {row.rate:.0f} | {row.cpu_per_1000:.2f} | {row.peak_rss_mb:.0f} | {row.peak_in_flight} | {row.mean_in_flight:.0f} | {row.steady_in_flight:.0f} |"
+        )
     if comparisons:
         lines += ["", "| comparison | domains whose status or reason differ | domains compared |", "|---|---:|---:|"]
         for label, differ, compared in comparisons:
@@ -311,7 +333,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="a small lab and short zero-delay runs, for CI (< 30 s)")
     parser.add_argument("--concurrency", type=int, default=2000, help="domains in flight for the zero-delay runs")
     parser.add_argument("--delay-concurrency", default="1000,2500,5000,10000", help="comma-separated concurrencies for the runs with simulated delay")
-    parser.add_argument("--delay-domains", type=int, default=30_000, help="domains of the delay lab swept at each concurrency")
+    parser.add_argument("--delay-domains", type=int, default=60_000, help="domains of the delay lab swept at each concurrency")
     parser.add_argument("--sysadmin-domains", type=int, default=10_000, help="domains for the sysadmin script (it is slow)")
     parser.add_argument("--workdir", type=Path, help="keep the lab and outputs here instead of a temporary folder")
     parser.add_argument("--record", type=Path, help="also write the markdown record to this file")
@@ -391,7 +413,7 @@ class Bench:
     def run(self, label: str, client: str, command: list[str], domains: int) -> Measure:
         row = measure(label, client, command, domains, self.sampler)
         self.rows.append(row)
-        print(f"{label} | {client}: {row.rate:.0f} domains/s, {row.cpu_per_1000:.2f} CPU s / 1,000, {row.peak_rss_mb:.0f} MB, {row.peak_in_flight} in flight", file=sys.stderr, flush=True)
+        print(f"{label} | {client}: {row.rate:.0f} domains/s, {row.cpu_per_1000:.2f} CPU s / 1,000, {row.peak_rss_mb:.0f} MB, {row.peak_in_flight} in flight at peak, {row.mean_in_flight:.0f} on average, {row.steady_in_flight:.0f} steady", file=sys.stderr, flush=True)
         return row
 
     def scenario_zero(self) -> None:
@@ -405,7 +427,7 @@ class Bench:
         self.run("no delay", "sysadmin, 64 threads", sysadmin_command(manifest["domains_file"], limit), limit)
 
     def scenario_truth(self) -> None:
-        """The same statuses and reasons at the highest concurrency as at 20."""
+        """Compare statuses and reasons at the highest concurrency with those at concurrency 20."""
         manifest = self.zero_lab()
         n = self.args.domains
         config = mxscan_config(self.workdir, manifest["domains_file"], "zero")

@@ -68,7 +68,7 @@ class Summary:
     duplicates: int = 0
     statuses: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     reasons: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    # Entries skipped because an earlier run's output already holds them (--resume).
+    # Entries skipped because an earlier run's output already contains them (--resume).
     resumed: int = 0
     # Domains in flight when a stop abandoned them; they have no line.
     abandoned: int = 0

@@ -142,7 +142,7 @@ class Sweep:
     @staticmethod
     async def _drain_for_stop(feeding: asyncio.Task, pending: asyncio.Queue, workers: int) -> None:
         # Stop intake: no entry waiting in the queue starts, and each worker gets its
-        # end marker without waiting for room. The queue holds twice as many items
+        # end marker without waiting for room. The queue has room for twice as many items
         # as there are workers, so the markers always fit once it is drained.
         feeding.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -319,7 +319,7 @@ async def sweep_to(config: SweepConfig, settings: Settings, output: Path | None,
 
     SIGINT and SIGTERM stop the sweep as ``Sweep.run`` describes; the summary's
     ``stopped_by`` then names the signal. With ``options.resume``, lines are appended
-    to ``output`` and the domains it already holds are skipped.
+    to ``output`` and the domains it already contains are skipped.
     """
     options = options or RunOptions()
     settings = _fit_open_files_limit(settings)

@@ -1,5 +1,5 @@
 """Politeness: shared providers see one probe per address, a bounded number of open
-connections and a bounded rate of new ones; a busy (421) or silent address is not
+connections and a bounded rate of new ones. A busy (421) or silent address is not
 tried again in the same sweep."""
 
 from __future__ import annotations

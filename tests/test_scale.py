@@ -232,3 +232,105 @@ def test_encode_line_any_text(text, number):
     result = DomainResult(text, None, (text,), Status.INVALID_INPUT, "2026-12-04T20:00:00.000Z", 0.0,
                           failure=Failure(Phase.INPUT, Reason.INVALID_LABEL, text), mx_left_out=number)
     assert encode_line(result) == _reference_line(result)
+
+
+@pytest.mark.slow
+def test_benchmark_smoke(tmp_path):
+    # The benchmark command with a 1,000-domain lab: NSD, responders and the three clients.
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if shutil.which("nsd") is None and not Path("/usr/sbin/nsd").exists():
+        if os.environ.get("CI"):
+            pytest.fail("nsd is not installed; .ci/run installs it")
+        pytest.skip("nsd is not installed (apt-get install nsd)")
+    root = Path(__file__).resolve().parent.parent
+    record = tmp_path / "smoke.md"
+    result = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "run.py"), "--smoke", "--record", str(record)],
+        cwd=root, capture_output=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    text = record.read_text()
+    for client in ("mxscan, concurrency 200", "floor, concurrency 200", "sysadmin, 64 threads"):
+        assert f"| {client} | " in text, text
+
+
+# Progress on stderr: lines when it is not a terminal, a bar on a terminal, none with -q.
+
+
+def _progress_run(tmp_path, *options: str, tty: bool = False) -> tuple[int, bytes]:
+    import os
+    import pty
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from scanner.lab.background import BackgroundLab
+
+    hosts = [(f"127.0.49.{index + 1}", f"mx{index}.progress.test", "esmtp") for index in range(30)]
+    records = {name: {"A": [address]} for address, name, _ in hosts}
+    domains = []
+    for index, (_, name, _) in enumerate(hosts):
+        records[f"p{index}.progress.test"] = {"MX": [f"10 {name}."]}
+        domains.append(f"p{index}.progress.test")
+    root = Path(__file__).resolve().parent.parent
+    with BackgroundLab(world(records, hosts, dns_address="127.0.49.253")) as lab:
+        config = {
+            "domains": domains,
+            "resolvers": [lab.lab.resolver],
+            "smtp": {"port": lab.lab.smtp_port, "ehlo_name": "scanner.test"},
+            "policy": {"allow_private": True},
+            "tls": {"starttls": False},
+        }
+        path = tmp_path / "sweep.yaml"
+        path.write_text(yaml.safe_dump(config))
+        # 30 connections at 15 per second: about 2 s, long enough for a few redraws.
+        command = [sys.executable, "-m", "scanner", "scan", str(path), "-o", str(tmp_path / "out.jsonl"), "--connection-rate", "15", *options]
+        if not tty:
+            result = subprocess.run(command, cwd=root, capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+            return result.returncode, result.stderr
+        leader, follower = pty.openpty()
+        process = subprocess.Popen(command, cwd=root, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=follower)
+        os.close(follower)
+        output = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+        os.close(leader)
+        return process.wait(timeout=60), output
+
+
+def test_progress_lines_when_not_a_terminal(tmp_path):
+    code, stderr = _progress_run(tmp_path, "--progress-interval", "0.3")
+    assert code == 0, stderr.decode()
+    lines = [line for line in stderr.decode().splitlines() if line.startswith("mxscan: progress: ")]
+    assert len(lines) >= 2, stderr.decode()
+    assert "/~30 (" in lines[-1]
+    assert "/s" in lines[-1]
+    assert "\r" not in stderr.decode()
+
+
+def test_progress_bar_on_a_terminal(tmp_path):
+    code, output = _progress_run(tmp_path, tty=True)
+    assert code == 0, output.decode(errors="replace")
+    text = output.decode(errors="replace")
+    assert "\r[" in text
+    assert "ETA" in text or "elapsed" in text
+    assert "mxscan: 30 domains in" in text
+
+
+def test_quiet_prints_nothing(tmp_path):
+    code, stderr = _progress_run(tmp_path, "-q", "--progress-interval", "0.3")
+    assert code == 0
+    assert stderr == b""
