@@ -10,6 +10,7 @@ under bench.test. and on 127.0.0.0/8. The same seed gives the same lab.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import random
 from pathlib import Path
@@ -80,6 +81,11 @@ def generate(directory: Path, domains: int, responders: int, small_hosts: int = 
     kinds = list(shares) + ["small"]
     weights = list(shares.values()) + [1.0 - sum(shares.values())]
     counts: dict[str, int] = {kind: 0 for kind in kinds}
+    # Small hosts are dealt out in a shuffled order, one domain each before any gets a
+    # second, so a lab with more small hosts than small domains gives each its own.
+    shuffled_small = list(hosts["small"])
+    rng.shuffle(shuffled_small)
+    small_hosts_cycle = itertools.cycle(shuffled_small)
 
     zone_path = directory / f"{ORIGIN}.zone"
     with zone_path.open("w") as zone, (directory / "domains.txt").open("w") as listing:
@@ -100,6 +106,8 @@ def generate(directory: Path, domains: int, responders: int, small_hosts: int = 
                 continue
             if kind == "big":
                 host = rng.choices(hosts["big"], big_weights)[0]
+            elif kind == "small":
+                host = next(small_hosts_cycle)
             else:
                 host = rng.choice(hosts[kind])
             zone.write(f"{label} IN MX 10 {host.name}\n")

@@ -20,12 +20,23 @@ _INITIAL_SLOTS = 1 << 12
 _ZERO_STAND_IN = 1
 
 
+def _zeros(slots: int) -> array:
+    # Repeating a one-element array allocates the table once; array("Q", bytes(n))
+    # would build an n-byte temporary first and double the peak.
+    return array("Q", [0]) * slots
+
+
 class DigestSet:
     """A set of non-negative 64-bit integers, typically ``int.from_bytes(key_digest(key))``."""
 
-    def __init__(self) -> None:
-        self._table = array("Q", bytes(8 * _INITIAL_SLOTS))
-        self._mask = _INITIAL_SLOTS - 1
+    def __init__(self, expected: int = 0) -> None:
+        # Sized for ``expected`` members at the start, so a set that reaches that size
+        # never holds an old and a new table at once while it grows.
+        slots = _INITIAL_SLOTS
+        while slots < 2 * expected:
+            slots *= 2
+        self._table = _zeros(slots)
+        self._mask = slots - 1
         self._count = 0
 
     def __len__(self) -> int:
@@ -60,7 +71,7 @@ class DigestSet:
     def _grow(self) -> None:
         old = self._table
         size = len(old) * 2
-        self._table = array("Q", bytes(8 * size))
+        self._table = _zeros(size)
         self._mask = size - 1
         for digest in old:
             if digest:

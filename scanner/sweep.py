@@ -93,6 +93,7 @@ class Sweep:
         stop_grace: float = DEFAULT_STOP_GRACE,
         done: DigestSet | None = None,
         shard: Shard | None = None,
+        expected_entries: int = 0,
     ) -> Summary:
         """Sweep ``entries`` and write one line per domain to ``writer``.
 
@@ -100,7 +101,8 @@ class Sweep:
         ``shard`` are skipped. When ``stop.requested`` is set, no new domain starts,
         and the domains in flight get ``stop_grace`` seconds (none once
         ``stop.immediate`` is set) before they are abandoned without a line. Every line
-        written before that is complete and flushed.
+        written before that is complete and flushed. ``expected_entries``, an estimate
+        of the entries this run keeps, sizes the duplicate check up front.
         """
         stop = stop or StopControl()
         self._in_flight = 0
@@ -111,7 +113,7 @@ class Sweep:
         log.info("sweep started: concurrency %d, resolvers %s", concurrency, ", ".join(self.settings.resolvers) or "system")
         workers = [asyncio.create_task(self._work(pending, finished, stop)) for _ in range(concurrency)]
         writing = asyncio.create_task(self._write(finished, writer, stop))
-        feeding = asyncio.create_task(self._feed(entries, pending, done, shard))
+        feeding = asyncio.create_task(self._feed(entries, pending, done, shard, expected_entries))
         stopping = asyncio.create_task(stop.requested.wait())
         try:
             await asyncio.wait({feeding, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -174,10 +176,12 @@ class Sweep:
             immediate.cancel()
             all_done.cancel()
 
-    async def _feed(self, entries: Iterable[Entry], pending: asyncio.Queue, done: DigestSet | None = None, shard: Shard | None = None) -> None:
+    async def _feed(
+        self, entries: Iterable[Entry], pending: asyncio.Queue, done: DigestSet | None = None, shard: Shard | None = None, expected: int = 0
+    ) -> None:
         # 64-bit digests of the keys seen, in a compact set: a collision (odds about
         # n^2 / 2^65) would only drop one entry as a duplicate.
-        seen = DigestSet()
+        seen = DigestSet(expected)
         for entry in entries:
             digest = key_digest(entry_key(entry))
             if shard is not None and not shard.owns_digest(digest):
@@ -364,7 +368,12 @@ async def _sweep_to(config: SweepConfig, settings: Settings, output: Path | None
         sweep = Sweep(settings)
         if options.connection_rate > 0:
             sweep.prober.runner = PacedRunner(sweep.prober.runner, ConnectionPacer(options.connection_rate))
-        total = _estimate_total(config, options, len(done) if done is not None else 0)
+        entries = _count_entries(config)
+        if entries is not None and options.shard is not None:
+            entries //= options.shard.count
+        total = None
+        if options.progress is not ProgressMode.NONE and entries is not None:
+            total = max(entries - (len(done) if done is not None else 0), 0)
         progress = Progress(sweep.summary, options.progress, sys.stderr, total=total, interval=options.progress_interval)
         stop = StopControl()
         stop.install()
@@ -377,6 +386,7 @@ async def _sweep_to(config: SweepConfig, settings: Settings, output: Path | None
                     stop_grace=options.stop_grace,
                     done=done,
                     shard=options.shard,
+                    expected_entries=entries or 0,
                 )
         finally:
             stop.remove()
@@ -398,16 +408,15 @@ def _fit_open_files_limit(settings: Settings) -> Settings:
     return dataclasses.replace(settings, max_connections=connections)
 
 
-def _estimate_total(config: SweepConfig, options: RunOptions, already_done: int) -> int | None:
-    """Estimate the domains this run will sweep, for the progress display's ETA."""
-    if options.progress is ProgressMode.NONE:
-        return None
+def _count_entries(config: SweepConfig) -> int | None:
+    """Return an upper bound on the entries of ``config`` (a line count), or None if unreadable.
+
+    Counting the newlines of a million-line file takes a few milliseconds.
+    """
     total = len(config.domains)
     if config.domains_file is not None:
         try:
             total += count_lines(config.domains_file)
         except OSError:
             return None
-    if options.shard is not None:
-        total //= options.shard.count
-    return max(total - already_done, 0)
+    return total

@@ -334,3 +334,16 @@ def test_quiet_prints_nothing(tmp_path):
     code, stderr = _progress_run(tmp_path, "-q", "--progress-interval", "0.3")
     assert code == 0
     assert stderr == b""
+
+
+def test_digest_set_sized_up_front():
+    from scanner.keyset import DigestSet
+
+    digests = DigestSet(expected=100_000)
+    slots = len(digests._table)
+    assert slots >= 200_000
+    for value in range(1, 100_001):
+        digests.add(value * 0x9E3779B97F4A7C15 % (1 << 64))
+    # No growth: the table allocated at the start has room for all of them.
+    assert len(digests._table) == slots
+    assert len(digests) == 100_000
