@@ -1,10 +1,9 @@
 """A compact set of 64-bit key digests, for the duplicate check and for resume.
 
 A Python ``set`` of a million 8-byte ``bytes`` costs about 90 MB (a 48-byte object and
-a hash slot per member). This set keeps the digests themselves in an open-addressing
+a hash slot per member). This set stores the digests themselves in an open-addressing
 table of unsigned 64-bit integers (``array('Q')``), 8 bytes a slot at a load of at
-most one half: 16 MB for a million keys, so a sweep's memory barely grows with its
-list. Digests are BLAKE2b values, already uniform, so the low bits index the table
+most one half. A million keys take 16 MB. Digests are BLAKE2b values, already uniform, so the low bits index the table
 directly and linear probing stays short.
 """
 
@@ -31,7 +30,7 @@ class DigestSet:
 
     def __init__(self, expected: int = 0) -> None:
         # Sized for ``expected`` members at the start, so a set that reaches that size
-        # never holds an old and a new table at once while it grows.
+        # never needs an old and a new table at once while it grows.
         slots = _INITIAL_SLOTS
         while slots < 2 * expected:
             slots *= 2
