@@ -63,7 +63,7 @@ _LAST_32_BITS = (
     ipaddress.IPv6Network("::ffff:0:0:0/96"),
 )
 # RFC 8215 local-use NAT64 prefix: not global in the IANA registry, though Python 3.11's
-# is_global says it is.
+# is_global returns True for it.
 _NOT_GLOBAL_IPV6 = (ipaddress.IPv6Network("64:ff9b:1::/48"),)
 
 

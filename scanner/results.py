@@ -112,7 +112,7 @@ class Reason(str, enum.Enum):
 
 
 class MxSource(str, enum.Enum):
-    """Where the list of mail exchanges came from."""
+    """Source of the list of mail exchanges."""
 
     MX = "mx"  # published MX records
     IMPLICIT = "implicit"  # no MX, so the domain itself (RFC 5321 section 5.1)
@@ -120,7 +120,7 @@ class MxSource(str, enum.Enum):
 
 
 class Refusal(str, enum.Enum):
-    """Whether a refusal asks the client to try again later or not at all."""
+    """Kind of refusal: try again later (temporary) or not at all (permanent)."""
 
     TEMPORARY = "temporary"
     PERMANENT = "permanent"
@@ -158,7 +158,7 @@ class TranscriptDirection(str, enum.Enum):
 class ReplyRecord:
     """One SMTP reply as recorded: the code, the enhanced status code and the text.
 
-    ``text`` holds the lines of a multi-line reply joined by newlines, each without its
+    ``text`` contains the lines of a multi-line reply joined by newlines, each without its
     code and enhanced code; bytes that are not valid UTF-8 appear as ``\\xNN``.
     """
 
@@ -169,7 +169,7 @@ class ReplyRecord:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Failure:
-    """Where and why an address or domain failed, with the reply that showed it."""
+    """Failure of an address or domain: the phase, the reason and the reply that showed it."""
 
     phase: Phase
     reason: Reason

@@ -35,7 +35,7 @@ def _is_root(exchange: str) -> bool:
 
 
 def is_ip_literal(name: str) -> bool:
-    """Whether an MX target is an address rather than a host name (invalid, but published)."""
+    """Return whether an MX target is an address rather than a host name (invalid, but published)."""
     text = name.rstrip(".")
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]

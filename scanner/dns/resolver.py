@@ -412,7 +412,7 @@ class Resolver:
         if ipv4 or ipv6_addresses:
             return AddressAnswer(ipv4, ipv6_addresses)
         if errors:
-            # NXDOMAIN on one type and a timeout on the other says less than the timeout.
+            # With NXDOMAIN on one type and a timeout on the other, the timeout is the more telling error.
             errors.sort(key=lambda error: error.reason is Reason.NXDOMAIN)
             return AddressAnswer(error=errors[0])
         return AddressAnswer(error=DnsLookupError(Reason.NO_ADDRESS, name, "/".join(qtypes), "no address records"))

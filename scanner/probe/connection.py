@@ -46,7 +46,7 @@ class ProbeProtocol(SMTPProtocol):
     def data_received(self, data: bytes) -> None:
         waiter = self._response_waiter
         if waiter is None or not self._response_pending or waiter.done():
-            # Bytes nobody asked for: dropping them keeps a late reply from being
+            # Bytes that no command requested: dropping them keeps a late reply from being
             # taken as the answer to the next command.
             return
 

@@ -131,7 +131,7 @@ class ReplyReader:
     Call ``feed`` with whatever arrived, then ``next_reply`` until it returns ``None``.
     ``next_reply`` raises a ``ReplyError`` subclass when the bytes cannot be an SMTP
     reply; the reader is then spent and the connection should be closed.
-    ``on_line``, when given, sees every raw line (without its line end) as it is read,
+    ``on_line``, when given, receives every raw line (without its line end) as it is read,
     which is how transcripts are kept.
     """
 
